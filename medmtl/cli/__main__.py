@@ -1,0 +1,5 @@
+import sys
+
+from medmtl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Readers and writers. Inputs are opened read-only; outputs are written atomically."""
