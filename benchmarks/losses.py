@@ -172,6 +172,24 @@ def _show(result: float | str) -> str:
     return f"{result:.4f}" if isinstance(result, float) else result
 
 
+def kernels_only(pred: torch.Tensor, target: torch.Tensor, time_ms) -> None:
+    """One line: the eager Triton SSIM kernels alone (forward + backward launchers, no custom op, no
+    autograd), to split the "medmtl triton" row's host overhead between the kernels and the glue."""
+    from medmtl.losses import _triton_ssim
+    from medmtl.losses._window import ssim_constants, window_weights
+
+    x, y = pred.flatten(0, 1), target.flatten(0, 1)
+    w, (c1, c2) = window_weights("gaussian", 11, 1.5), ssim_constants(1.0)
+    grad = torch.ones(x.shape[0], 2, device=x.device)
+
+    def step():
+        _triton_ssim.ssim_sums(x, y, None, w, c1, c2)
+        _triton_ssim.ssim_sums_backward(grad, x, y, None, w, c1, c2)
+
+    ms = _show(_attempt(time_ms, lambda f: f, step))
+    print(f"\nTriton SSIM kernels only (eager: 3 kernels and a partial-sum reduction): {ms} ms")
+
+
 def tune(device, time_ms, sizes) -> None:
     """Kernel-only fwd + bwd times of the Triton launchers over a few launch shapes."""
     from medmtl.losses import _triton_dice, _triton_ssim
@@ -241,6 +259,8 @@ def main() -> None:
             floor = 5 * pred.numel() * 4
             title = f"SSIM {'x'.join(map(str, shape))}"
             table(title, rows, pred, floor, rate, time_ms, "torchmetrics", cuda)
+            if cuda:
+                kernels_only(pred, target, time_ms)
         else:
             logits = torch.randn(shape, generator=g, device=device)
             labels = torch.randint(0, shape[1], (shape[0], 1, *shape[2:]), generator=g, device=device).float()

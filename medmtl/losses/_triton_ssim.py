@@ -89,6 +89,21 @@ def _plane(px, py, win, r, cols, ok, R, W, OFF: tl.constexpr, IS3D: tl.constexpr
 
 
 @triton.jit
+def _zeros10(BLOCK_W: tl.constexpr):
+    """Ten zero vectors, each a separate tensor. Triton's compiler makes a variable loop-carried only
+    when the loop body gives it a value other than the one it entered with. Were the ring's registers
+    one shared zero tensor, the shift ``a0, a1, ... = a1, a2, ...`` would hand each the value it
+    already had, so none but the newest would be carried and the compiled filter would read zeros
+    (the interpreter, running plain Python, would not show it)."""
+    return (
+        tl.zeros([BLOCK_W], tl.float32), tl.zeros([BLOCK_W], tl.float32), tl.zeros([BLOCK_W], tl.float32),
+        tl.zeros([BLOCK_W], tl.float32), tl.zeros([BLOCK_W], tl.float32), tl.zeros([BLOCK_W], tl.float32),
+        tl.zeros([BLOCK_W], tl.float32), tl.zeros([BLOCK_W], tl.float32), tl.zeros([BLOCK_W], tl.float32),
+        tl.zeros([BLOCK_W], tl.float32),
+    )  # fmt: skip
+
+
+@triton.jit
 def _ring(h0, h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10,
           OFF: tl.constexpr):  # fmt: skip
     """The filter along S: the ring's 10 older rows h0..h9 and the newest h10, weighted; the zero taps
@@ -142,13 +157,13 @@ def _ssim_stream_kernel(
     w4, w5, w6, w7 = tl.load(win + 4), tl.load(win + 5), tl.load(win + 6), tl.load(win + 7)
     w8, w9, w10 = tl.load(win + 8), tl.load(win + 9), tl.load(win + 10)
     s0 = sb * BLOCK_S
-    z = tl.zeros([BLOCK_W], tl.float32)
     # Ring of the 10 input rows before the newest, per moment: a = x, b = y, c = x^2, d = y^2, e = xy.
-    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9 = z, z, z, z, z, z, z, z, z, z
-    b0, b1, b2, b3, b4, b5, b6, b7, b8, b9 = z, z, z, z, z, z, z, z, z, z
-    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = z, z, z, z, z, z, z, z, z, z
-    d0, d1, d2, d3, d4, d5, d6, d7, d8, d9 = z, z, z, z, z, z, z, z, z, z
-    e0, e1, e2, e3, e4, e5, e6, e7, e8, e9 = z, z, z, z, z, z, z, z, z, z
+    # Each starts as its own zero tensor: see _zeros10.
+    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9 = _zeros10(BLOCK_W)
+    b0, b1, b2, b3, b4, b5, b6, b7, b8, b9 = _zeros10(BLOCK_W)
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = _zeros10(BLOCK_W)
+    d0, d1, d2, d3, d4, d5, d6, d7, d8, d9 = _zeros10(BLOCK_W)
+    e0, e1, e2, e3, e4, e5, e6, e7, e8, e9 = _zeros10(BLOCK_W)
     for i in range(OFF, 10):  # earlier rows only meet zero taps
         s = s0 - OFF + i
         na, nb, nc, nd, ne = _plane(px + s * plane, py + s * plane, win, r, cols, _inside(s, S, cols), R, W, OFF, IS3D)
@@ -157,8 +172,8 @@ def _ssim_stream_kernel(
         c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = c1, c2, c3, c4, c5, c6, c7, c8, c9, nc
         d0, d1, d2, d3, d4, d5, d6, d7, d8, d9 = d1, d2, d3, d4, d5, d6, d7, d8, d9, nd
         e0, e1, e2, e3, e4, e5, e6, e7, e8, e9 = e1, e2, e3, e4, e5, e6, e7, e8, e9, ne
-    acc_s = z
-    acc_c = z
+    acc_s = tl.zeros([BLOCK_W], tl.float32)
+    acc_c = tl.zeros([BLOCK_W], tl.float32)
     if MAPS:
         gs = tl.load(g_ptr + 2 * n)
         gc = tl.load(g_ptr + 2 * n + 1)
@@ -270,12 +285,12 @@ def _ssim_adjoint_kernel(
     w4, w5, w6, w7 = tl.load(win + 4), tl.load(win + 5), tl.load(win + 6), tl.load(win + 7)
     w8, w9, w10 = tl.load(win + 8), tl.load(win + 9), tl.load(win + 10)
     q0 = sb * BLOCK_S
-    z = tl.zeros([BLOCK_W], tl.float32)
     # Ring of the 10 in-plane filtered map rows before the newest: a = dux, b = duy, c = dv, d = dvxy.
-    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9 = z, z, z, z, z, z, z, z, z, z
-    b0, b1, b2, b3, b4, b5, b6, b7, b8, b9 = z, z, z, z, z, z, z, z, z, z
-    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = z, z, z, z, z, z, z, z, z, z
-    d0, d1, d2, d3, d4, d5, d6, d7, d8, d9 = z, z, z, z, z, z, z, z, z, z
+    # Each starts as its own zero tensor: see _zeros10.
+    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9 = _zeros10(BLOCK_W)
+    b0, b1, b2, b3, b4, b5, b6, b7, b8, b9 = _zeros10(BLOCK_W)
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = _zeros10(BLOCK_W)
+    d0, d1, d2, d3, d4, d5, d6, d7, d8, d9 = _zeros10(BLOCK_W)
     for i in range(OFF, 10):  # earlier rows only meet zero taps
         p = q0 + OFF - 10 + i
         na, nb, nc, nd = _adj_plane(pm + p * map_plane, win, r, cols, _inside(p, So, cols), Ro, Wo, K, OFF, IS3D)

@@ -81,7 +81,7 @@ def _stats(logits, target, activation, squared, with_ce, class_weight, mask, bac
     if activation == "sigmoid" and t.dim() == 2 and z.shape[1] > 1:
         raise InputError(where, "sigmoid (multi-label) needs dense targets (B, C, *spatial), not labels")
     cw = _class_weight(class_weight, logits, where)
-    sums, ce = torch.ops.medmtl.dice_sums(z, t, w, cw, activation, squared, with_ce, use_triton(backend, logits))
+    sums, ce = torch.ops.medmtl.dice_sums(z, t, w, cw, activation, squared, with_ce, use_triton(backend, logits, "dice"))
     return sums, ce, cw
 
 

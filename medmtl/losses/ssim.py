@@ -89,7 +89,7 @@ def ssim_per_image(
         window,
         c1,
         c2,
-        use_triton(backend, pred),
+        use_triton(backend, pred, "ssim"),
     ).view(b, c, 2)
     k = len(window)
     if flat is None:

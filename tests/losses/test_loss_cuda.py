@@ -29,13 +29,22 @@ def _value_and_grads(fn, *inputs):
     return value.detach(), torch.autograd.grad(value, leaves)
 
 
-def _both_backends(fn, *inputs, atol=1e-5):
+def _both_backends(fn, *inputs, atol=1e-5, rtol=0.0):
+    """Triton against PyTorch: the value within atol + rtol |ref|; each gradient entry within
+    atol * max|ref gradient| + rtol |ref entry|. Every comparison runs and all failures are reported
+    together, so a wrong value does not hide whether the gradients agree."""
     fast, fast_grads = _value_and_grads(lambda *a: fn(*a, backend="triton"), *inputs)
     ref, ref_grads = _value_and_grads(lambda *a: fn(*a, backend="torch"), *inputs)
-    torch.testing.assert_close(fast, ref, atol=atol, rtol=0)
-    for got, expected in zip(fast_grads, ref_grads, strict=True):
-        scale = expected.abs().max().item()
-        torch.testing.assert_close(got.float(), expected.float(), atol=atol * max(scale, 1e-3), rtol=0)
+    failures = []
+    checks = [("value", fast, ref, atol)]
+    for i, (got, expected) in enumerate(zip(fast_grads, ref_grads, strict=True)):
+        checks.append((f"grad {i}", got.float(), expected.float(), atol * max(expected.abs().max().item(), 1e-3)))
+    for name, got, expected, tol in checks:
+        try:
+            torch.testing.assert_close(got, expected, atol=tol, rtol=rtol)
+        except AssertionError as error:
+            failures.append(f"{name}: {error}")
+    assert not failures, "\n\n".join(failures)
 
 
 @pytest.mark.parametrize(
@@ -81,8 +90,10 @@ def test_dice_ce_triton_matches_pytorch(shape, options):
     logits = 3 * torch.randn(shape, generator=g, device=DEV)
     labels = torch.randint(0, shape[1] - 1, (shape[0], 1, *shape[2:]), generator=g, device=DEV).float()
     mask = torch.rand((shape[0], 1, *shape[2:]), generator=g, device=DEV)
-    _both_backends(lambda z, backend: dice_ce_loss(z, labels, backend=backend, **options), logits)
-    _both_backends(lambda z, backend: dice_loss(z, labels, mask=mask, backend=backend, **options), logits)
+    # Float32 sums over up to 4M voxels in another order: relative agreement (the first H200 run saw
+    # 1.3e-5 relative on 4.16 at the largest size, just over atol 1e-5 + rtol 1e-5).
+    _both_backends(lambda z, backend: dice_ce_loss(z, labels, backend=backend, **options), logits, rtol=5e-5)
+    _both_backends(lambda z, backend: dice_loss(z, labels, mask=mask, backend=backend, **options), logits, rtol=5e-5)
 
 
 def test_dice_sigmoid_triton_matches_pytorch():
@@ -111,7 +122,7 @@ def test_torch_compile_runs_the_triton_ops():
     labels = torch.randint(0, 3, (2, 1, 16, 16, 8), device=DEV)
 
     def step(a, b, z):
-        return ssim_loss(a, b, 1.0) + dice_ce_loss(z, labels)
+        return ssim_loss(a, b, 1.0, backend="triton") + dice_ce_loss(z, labels, backend="triton")
 
     eager, eager_grads = _value_and_grads(step, x, y, logits)
     compiled, compiled_grads = _value_and_grads(torch.compile(step, fullgraph=True), x, y, logits)

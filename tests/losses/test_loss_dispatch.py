@@ -43,13 +43,32 @@ def test_cpu_tensors_take_pytorch_and_forcing_triton_only_warns(monkeypatch):
 
 def test_cuda_tensors_take_triton_only_when_it_imports(monkeypatch):
     monkeypatch.delenv(dispatch.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(dispatch, "GPU_VERIFIED", frozenset(dispatch.TRITON_KERNELS))
     monkeypatch.setattr(dispatch, "triton_available", lambda: True)
-    assert dispatch.use_triton(None, CUDA_LIKE)
-    assert not dispatch.use_triton("torch", CUDA_LIKE)
+    assert dispatch.use_triton(None, CUDA_LIKE, "ssim")
+    assert not dispatch.use_triton("torch", CUDA_LIKE, "ssim")
     monkeypatch.setattr(dispatch, "triton_available", lambda: False)
-    assert not dispatch.use_triton("auto", CUDA_LIKE)
+    assert not dispatch.use_triton("auto", CUDA_LIKE, "ssim")
     with pytest.warns(UserWarning, match="triton is not installed"):
-        assert not dispatch.use_triton("triton", CUDA_LIKE)
+        assert not dispatch.use_triton("triton", CUDA_LIKE, "ssim")
+
+
+@pytest.mark.parametrize("kernel", [*dispatch.TRITON_KERNELS, None])
+def test_auto_takes_only_gpu_verified_kernels_and_forcing_takes_any(monkeypatch, kernel):
+    monkeypatch.delenv(dispatch.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    others = frozenset(dispatch.TRITON_KERNELS) - {kernel}
+    monkeypatch.setattr(dispatch, "GPU_VERIFIED", others)
+    assert not dispatch.use_triton("auto", CUDA_LIKE, kernel)
+    assert dispatch.use_triton("triton", CUDA_LIKE, kernel)
+    if kernel is not None:
+        monkeypatch.setattr(dispatch, "GPU_VERIFIED", others | {kernel})
+        assert dispatch.use_triton("auto", CUDA_LIKE, kernel)
+
+
+def test_verified_kernels_are_known_names():
+    # A misspelt name in GPU_VERIFIED would silently keep a verified kernel off ``auto``.
+    assert dispatch.GPU_VERIFIED <= frozenset(dispatch.TRITON_KERNELS)
 
 
 def test_losses_forced_to_triton_on_cpu_give_the_pytorch_result(monkeypatch):

@@ -2,8 +2,11 @@
 
 The interpreter tests run the kernels' Python; this one runs Triton's compiler (through ptxas to a
 cubin) on every kernel, so a construct the compiler rejects fails here rather than on a lent GPU. It
-runs in a subprocess because ``TRITON_INTERPRET=1`` (set for the test suite) swaps the kernels for
-interpreted ones at import.
+also reads the compiled SSIM loops (TTIR): the compiler keeps a variable across loop iterations only
+when the body changes it, which the interpreter never checks, so the register ring of the S filter
+must show up as loop-carried values, else the compiled kernels filter with zeros. It runs in a
+subprocess because ``TRITON_INTERPRET=1`` (set for the test suite) swaps the kernels for interpreted
+ones at import.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import pytest
 pytest.importorskip("triton")
 
 SCRIPT = r"""
+import re
+
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -30,16 +35,25 @@ def build(fn, types, constexprs, warps):
     kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target,
                             options={"num_warps": warps})
     assert kernel.asm["cubin"], fn.__name__
+    return kernel
+
+
+def carried(kernel):  # the most values any scf.for of the kernel carries to its next iteration
+    loops = [line.split("iter_args(", 1)[1] for line in kernel.asm["ttir"].splitlines() if "scf.for" in line]
+    return max(len(re.findall(r"%[\w#]+ = ", args.split(")")[0])) for args in loops)
 
 
 ptr = "*fp32"
 ssim = {n: ptr for n in ("x_ptr", "y_ptr", "m_ptr", "g_ptr", "win", "out_ptr", "mp_ptr", "dx_ptr", "dy_ptr")}
 ssim.update(C1="fp32", C2="fp32", x_ptr="*fp16", y_ptr="*fp16")
+# The ring holds rows OFF..9 of each moment (5 forward, 4 adjoint); the forward adds 2 accumulators.
 for is3d in (False, True):
-    for maps in (False, True):
-        build(_triton_ssim._ssim_stream_kernel, ssim, {"OFF": 0, "PAD": 5, "IS3D": is3d, "HAS_MASK": True,
-              "MAPS": maps, "BLOCK_S": 32, "BLOCK_W": 64}, 2)
-    build(_triton_ssim._ssim_adjoint_kernel, ssim, {"OFF": 2, "IS3D": is3d, "BLOCK_S": 32, "BLOCK_W": 64}, 2)
+    for off, maps in ((0, False), (3, True)):
+        k = build(_triton_ssim._ssim_stream_kernel, ssim, {"OFF": off, "PAD": 5 - off, "IS3D": is3d,
+                  "HAS_MASK": True, "MAPS": maps, "BLOCK_S": 32, "BLOCK_W": 64}, 2)
+        assert carried(k) == 5 * (10 - off) + (0 if maps else 2), (is3d, off, maps, carried(k))
+    k = build(_triton_ssim._ssim_adjoint_kernel, ssim, {"OFF": 2, "IS3D": is3d, "BLOCK_S": 32, "BLOCK_W": 64}, 2)
+    assert carried(k) == 4 * 8, (is3d, carried(k))
 dice = {n: ptr for n in ("z_ptr", "w_ptr", "cw_ptr", "out_ptr", "gs_ptr", "gce_ptr", "dz_ptr")}
 for act, labels in ((0, True), (1, False)):
     dice["t_ptr"] = "*i64" if labels else ptr
