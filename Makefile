@@ -30,6 +30,11 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/medmtl data mni --out $(DEMO_DIR) --slices 80:100 --coils 8 --acceleration 4 --mask equispaced --seed 0
 	$(VENV)/bin/medmtl data inspect $(DEMO_DIR)
+	# One compute thread beside the data worker fills both cores; two compute threads spin against the worker
+	# (and anything else running) and made training steps 2-5x slower on the shared 2-core machine.
+	OMP_NUM_THREADS=1 $(VENV)/bin/medmtl fit -c configs/demo_cpu.yaml
+	OMP_NUM_THREADS=1 $(VENV)/bin/medmtl recon-seg --checkpoint runs/demo/checkpoints/last.ckpt --input $(DEMO_DIR) --output runs/demo/recon_seg --png
+	@echo "demo outputs: checkpoint runs/demo/checkpoints/last.ckpt, metrics runs/demo/metrics.json, panels runs/demo/panels/ and runs/demo/recon_seg/*.png, predictions runs/demo/recon_seg/*.h5"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,207 @@
+"""Training-step time, inference time and peak memory of ReconSegNet against MONAI's VarNet, as ratios.
+
+Models, all at the same size, coil count and number of cascades:
+
+- ``joint`` and ``recon``: ``medmtl.models.ReconSegNet`` with its default widths;
+- ``monai``: ``VariationalNetworkModel(CoilSensitivityModel(2), ComplexUnet(2), num_cascades)``, MONAI's
+  defaults.
+
+The input is one simulated MNI slice (``SimulatedKSpaceDataset``, validation split, 4x equispaced with a
+0.08 centre). A training step is forward, loss, backward and an Adam step: ``compute_losses`` summed for
+medmtl; for MONAI the same reconstruction loss on its single output (L1 + 1 - SSIM, both over the target's
+maximum).
+Inference is one forward pass under ``torch.inference_mode``.
+
+Each (model, round) runs in its own child process, so peak memory is that model's alone: the peak resident set
+size (``getrusage`` ru_maxrss) minus the resident size just before the model is built (every module already
+imported), so it counts weights, gradients, Adam state, activations and the allocator's slack, and not the
+interpreter, the libraries or the input.
+
+Times are wall-clock and process CPU seconds, each the fastest over the rounds and steps, and the ratios come
+from the same run. Other processes on a small machine stretch the wall times a lot (an OpenMP barrier waits
+for its slowest thread, so one busy core can slow a 2-thread step tenfold); the CPU time of a ``--threads 1``
+run is the measure that load disturbs least.
+
+    .venv/bin/python benchmarks/recon_seg_step.py --coils 8 --size 256 256 --cascades 6 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from monai.apps.reconstruction.networks.nets.coil_sensitivity_model import CoilSensitivityModel
+from monai.apps.reconstruction.networks.nets.complex_unet import ComplexUnet
+from monai.apps.reconstruction.networks.nets.varnet import VariationalNetworkModel
+
+from medmtl.data.mni import SimulationOptions
+from medmtl.data.online import SimulatedKSpaceDataset
+from medmtl.keys import Keys
+from medmtl.losses import ssim_loss
+from medmtl.models import ReconSegNet
+from medmtl.transforms.acs import acs_mask_from_mask
+
+MODELS = ("joint", "recon", "monai")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def current_rss() -> int:
+    """Resident set size of this process now, in bytes (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def make_sample(path: Path, coils: int, size: tuple[int, int]) -> None:
+    """Write one simulated batch (B = 1) with its ACS mask to ``path``."""
+    options = SimulationOptions(num_coils=coils, size=size, accelerations=(4.0,), center_fractions=(0.08,))
+    sample = SimulatedKSpaceDataset("val", options=options)[0]
+    batch = {k: sample[k][None] for k in (Keys.KSPACE, Keys.MASK, Keys.TARGET, Keys.SEG)}
+    batch[Keys.ACS] = acs_mask_from_mask(sample[Keys.MASK])[None]
+    torch.save({str(k): v for k, v in batch.items()}, path)
+
+
+def recon_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 + 1 - SSIM of (B, H, W) magnitudes over the target's per-sample maximum (as ReconSegNet's)."""
+    data_range = target.amax(dim=(-2, -1), keepdim=True)
+    recon, target = recon / data_range, target / data_range
+    return (recon - target).abs().mean() + ssim_loss(recon[:, None], target[:, None], 1.0)
+
+
+def build(name: str, cascades: int):
+    """-> (model, training loss of a batch, inference of a batch)."""
+    if name == "monai":
+        model = VariationalNetworkModel(CoilSensitivityModel(2), ComplexUnet(2), num_cascades=cascades)
+
+        def infer(b):
+            # MONAI takes one mask for the batch, (1, 1, 1, W, 1), and indexes it in Python.
+            return model(b["kspace"], b["mask"][:1].bool())
+
+        return model, lambda b: recon_loss(infer(b), b["target"]), infer
+
+    model = ReconSegNet(mode=name, num_cascades=cascades)
+
+    def infer(b):
+        return model(b["kspace"], b["mask"], b["acs_mask"])
+
+    return model, lambda b: sum(model.compute_losses(infer(b), b).values()), infer
+
+
+def _timed(fn, warmup: int, steps: int) -> list[tuple[float, float]]:
+    """(wall seconds, process CPU seconds) of each of ``steps`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        times.append((time.perf_counter() - wall, time.process_time() - cpu))
+    return times
+
+
+def child(name: str, sample: Path, cascades: int, threads: int, warmup: int, steps: int) -> dict:
+    """Measure one model in this process: step times, inference times, peak RSS growth in bytes."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    batch = torch.load(sample)
+    base = current_rss()
+    model, loss_fn, infer = build(name, cascades)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def train_step() -> None:
+        loss = loss_fn(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    train = _timed(train_step, warmup, steps)
+    train_peak = peak_rss() - base
+    with torch.inference_mode():
+        inference = _timed(lambda: infer(batch), warmup, steps)
+    return {
+        "train": train,
+        "infer": inference,
+        "peak_bytes": train_peak,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--coils", type=int, default=8)
+    parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
+    parser.add_argument("--cascades", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--rounds", type=int, default=2, help="child processes per model, interleaved")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--child", choices=MODELS, help=argparse.SUPPRESS)
+    parser.add_argument("--sample", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        result = child(args.child, args.sample, args.cascades, args.threads, args.warmup, args.steps)
+        print(json.dumps(result))
+        return
+
+    load_before = os.getloadavg()[0]
+    results: dict[str, list[dict]] = {m: [] for m in args.models}
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = Path(tmp) / "batch.pt"
+        make_sample(sample, args.coils, tuple(args.size))
+        for _ in range(args.rounds):
+            for name in args.models:
+                cmd = [sys.executable, __file__, "--child", name, "--sample", str(sample)]
+                cmd += ["--cascades", str(args.cascades), "--threads", str(args.threads)]
+                cmd += ["--warmup", str(args.warmup), "--steps", str(args.steps)]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                results[name].append(json.loads(out.strip().splitlines()[-1]))
+
+    def fastest(runs: list[dict], key: str, which: int) -> float:
+        return min(t[which] for r in runs for t in r[key])
+
+    summary = {
+        name: {
+            "train": fastest(runs, "train", 0),
+            "train_cpu": fastest(runs, "train", 1),
+            "infer": fastest(runs, "infer", 0),
+            "peak": max(r["peak_bytes"] for r in runs),
+            "params": runs[0]["params"],
+        }
+        for name, runs in results.items()
+    }
+    ref = summary.get("monai")
+    h, w = args.size
+    print(
+        f"B=1, {args.coils} coils, {h}x{w}, {args.cascades} cascades, {args.threads} threads; fastest of "
+        f"{args.rounds} x {args.steps} steps; load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after"
+    )
+    columns = ("train", "train_cpu", "infer", "peak")
+    print(
+        f"{'model':<7} {'params':>9} {'train s':>8} {'x MONAI':>8} {'train CPU s':>12} {'x MONAI':>8} "
+        f"{'infer s':>8} {'x MONAI':>8} {'peak GiB':>9} {'x MONAI':>8}"
+    )
+    for name, s in summary.items():
+        ratio = {key: f"{s[key] / ref[key]:.2f}" if ref else "-" for key in columns}
+        print(
+            f"{name:<7} {s['params']:>9} {s['train']:>8.2f} {ratio['train']:>8} {s['train_cpu']:>12.2f} "
+            f"{ratio['train_cpu']:>8} {s['infer']:>8.3f} {ratio['infer']:>8} {s['peak'] / 2**30:>9.2f} "
+            f"{ratio['peak']:>8}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Callbacks of the ``medmtl`` training commands: ``metrics.json`` and prediction files.
+
+``MetricsJSON`` writes the logged metrics at the end of ``fit``, ``validate`` and ``test`` into one JSON file
+(one entry per command, so a validation run does not erase the training run's numbers) and prints where the
+run's outputs are. ``PredictionWriter`` writes the predictions file of DESIGN.md for every input file of
+``medmtl predict``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_only
+
+from medmtl.inference import write_predictions
+from medmtl.io.atomic import atomic_path
+from medmtl.keys import Keys
+
+
+def _number(value: Any) -> float | None:
+    value = float(value.detach().cpu()) if isinstance(value, torch.Tensor) else float(value)
+    return value if math.isfinite(value) else None  # JSON has no NaN or Infinity
+
+
+class MetricsJSON(Callback):
+    """Writes ``trainer.callback_metrics`` to ``path`` (default ``<log_dir>/metrics.json``) atomically.
+
+    The file maps the command (``fit``, ``validate``, ``test``) to ``{"metrics": {...}, "epoch", "global_step",
+    "checkpoint"}``; non-finite values are written as null. Entries of other commands already in the file
+    are kept.
+    """
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+
+    def _path(self, trainer: Trainer) -> Path:
+        return (
+            Path(self.path)
+            if self.path
+            else Path(trainer.log_dir or trainer.default_root_dir) / "metrics.json"
+        )
+
+    @rank_zero_only
+    def _write(self, trainer: Trainer, pl_module: LightningModule, command: str) -> None:
+        metrics = {
+            name: _number(value)
+            for name, value in sorted(trainer.callback_metrics.items())
+            if not isinstance(value, torch.Tensor) or value.numel() == 1
+        }
+        checkpoint = trainer.checkpoint_callback
+        checkpoint_path = None
+        if checkpoint is not None:
+            checkpoint_path = checkpoint.last_model_path or checkpoint.best_model_path or None
+        if command != "fit":
+            checkpoint_path = getattr(trainer, "ckpt_path", None) or checkpoint_path
+        path = self._path(trainer)
+        entries: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                entries = json.loads(path.read_text())
+            except (OSError, ValueError):
+                entries = {}  # an unreadable old file is replaced, not a reason to lose this run's numbers
+        entries[command] = {
+            "metrics": metrics,
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "checkpoint": None if checkpoint_path is None else str(checkpoint_path),
+        }
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+        print(f"medmtl {command}: metrics -> {path}")
+        if checkpoint_path:
+            print(f"medmtl {command}: checkpoint -> {checkpoint_path}")
+        panels = getattr(pl_module, "panel_dir", None)
+        if panels is not None and Path(panels).is_dir() and any(Path(panels).glob("*.png")):
+            print(f"medmtl {command}: panels -> {panels}")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer, pl_module, "fit")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer, pl_module, "validate")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer, pl_module, "test")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``<output_dir>/<input file name>`` for every input file of ``medmtl predict``.
+
+    Slices arrive in file order (the predict loader does not shuffle), so a file is written as soon as a batch
+    of another file arrives, and the rest at the end; only one file's slices are held at a time. It assumes
+    one process sees every slice of a file: predict on one device (``medmtl recon-seg`` is the streaming
+    alternative for large folders).
+
+    Args:
+        output_dir: the folder for the prediction files (created if needed).
+    """
+
+    def __init__(self, output_dir: str):
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self._pending: OrderedDict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = OrderedDict()
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
+    ):
+        if prediction["segmentation"] is None:
+            raise ValueError("PredictionWriter needs a model with a segmentation task")
+        names, slices = prediction[Keys.FNAME.value], prediction[Keys.SLICE.value]
+        for name in [n for n in self._pending if n not in names]:
+            self._flush(name, pl_module)
+        recon = prediction["reconstruction"].cpu().numpy()
+        seg = prediction["segmentation"].cpu().numpy()
+        for i, (name, index) in enumerate(zip(names, slices)):
+            self._pending.setdefault(name, {})[int(index)] = (recon[i], seg[i])
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for name in list(self._pending):
+            self._flush(name, pl_module)
+        print(f"medmtl predict: predictions -> {self.output_dir}")
+
+    def _flush(self, name: str, pl_module: LightningModule) -> None:
+        slices = self._pending.pop(name)
+        order = sorted(slices)
+        write_predictions(
+            self.output_dir / os.path.basename(name),
+            np.stack([slices[i][0] for i in order]),
+            np.stack([slices[i][1] for i in order]),
+            pl_module.class_names,
+        )

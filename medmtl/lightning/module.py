@@ -1,0 +1,340 @@
+"""``MultitaskModule``: the thin LightningModule around a multitask network.
+
+The network owns its forward and its per-task losses (``model.compute_losses(out, batch) -> {task: loss}``,
+``model.tasks``); the balancer turns the losses into one step (``medmtl.balancing``); this module only wires
+them together, steps the optimiser, logs, and evaluates. Metric names (``stage`` = ``val`` or ``test``):
+
+- ``train/loss_<task>``, ``train/weight_<task>``, ``train/grad_norm_<task>`` (where the balancer computes
+  it) and ``train/loss`` (the balanced loss) every step;
+- ``<stage>/loss_<task>`` and ``<stage>/loss`` (weighted with the balancer's current weights) per epoch;
+- ``<stage>/ssim``, ``<stage>/psnr``, ``<stage>/nmse`` when the model has the ``recon`` task and the batch a
+  target; ``<stage>/dice_<class>``, ``<stage>/hd95_<class>``, ``<stage>/dice_mean`` when it has ``seg`` and the
+  batch a segmentation (``medmtl.metrics``).
+
+Optimisation is always manual, so every balancer takes the same path: those that run the backward
+themselves (PCGrad) set ``.grad`` inside ``balance``, the others return a loss for ``manual_backward``. The
+module therefore owns gradient accumulation and clipping (Lightning refuses the Trainer's under manual
+optimisation); gradients are averaged over the accumulated batches before clipping.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from medmtl.balancing import Balancer, FixedWeights
+from medmtl.errors import ConfigError
+from medmtl.keys import MNI_CLASSES, Keys
+from medmtl.lightning.panels import save_panel
+from medmtl.lightning.shared import shared_parameters
+from medmtl.metrics import ReconMetrics, SegMetrics
+from medmtl.transforms.acs import acs_mask_from_mask
+from medmtl.transforms.coils import rss_image
+from medmtl.transforms.intensity import denormalize
+from medmtl.transforms.spatial import center_crop_or_pad
+
+
+def _is_config(value: Any) -> bool:
+    """Plain configuration data (what LightningCLI records), as opposed to live objects."""
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_config(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_is_config(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def with_acs(batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` with ``Keys.ACS`` (B, 1, Hm, W, 1) estimated from ``Keys.MASK`` where it is missing.
+
+    The ACS search loops over data-dependent sizes, so it runs here, on the host, outside the network's graph.
+    """
+    if Keys.ACS in batch or Keys.MASK not in batch:
+        return batch
+    return {**batch, Keys.ACS: torch.stack([acs_mask_from_mask(m) for m in batch[Keys.MASK]])}
+
+
+class MultitaskModule(LightningModule):
+    """Trains and evaluates a multitask network (see the module docstring).
+
+    Args:
+        model: the network: ``model(kspace, mask, acs_mask, target=None)`` -> an output with ``recon``
+            (B, H, W) and ``seg_logits`` (B, K, H, W) (either may be None), ``model.compute_losses(out,
+            batch)`` and ``model.tasks`` (e.g. ``medmtl.models.ReconSegNet``).
+        balancer: combines the task losses; default ``FixedWeights()`` (every task weighs 1).
+        optimizer: builds the optimiser from the parameters; default Adam (lr 1e-3).
+        scheduler: builds a learning-rate scheduler from the optimiser, or None.
+        scheduler_interval: step the scheduler every optimiser ``"step"`` or every ``"epoch"``.
+        gradient_clip_val: clip the global gradient norm to this value; None does not clip.
+        accumulate_grad_batches: batches whose gradients are averaged into one optimiser step.
+        class_names: segmentation class names, index = label, background first (for metric names, panels
+            and prediction files).
+        panel_every_n_val_steps: write a PNG panel of the first slice of every N-th validation or test
+            batch (batch 0 included) under ``<log_dir>/panels`` (``val_epoch<E>_batch<B>.png`` during fit,
+            ``validate_batch<B>.png`` and ``test_batch<B>.png`` for those commands); 0 writes none.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        balancer: Balancer | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["step", "epoch"] = "step",
+        gradient_clip_val: float | None = None,
+        accumulate_grad_batches: int = 1,
+        class_names: Sequence[str] = MNI_CLASSES,
+        panel_every_n_val_steps: int = 50,
+    ):
+        super().__init__()
+        # Under LightningCLI the hyper-parameters are the parsed config (class paths and init args), which is
+        # what lets a checkpoint rebuild its network (medmtl.inference). Built in Python they are the objects
+        # themselves, which do not belong in a checkpoint: keep only the plain values then.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        objects = [name for name, value in self.hparams.items() if not _is_config(value)]
+        if objects:
+            self.save_hyperparameters(ignore=objects)
+        if scheduler_interval not in ("step", "epoch"):
+            raise ConfigError("scheduler_interval", f"must be 'step' or 'epoch', got {scheduler_interval!r}")
+        if gradient_clip_val is not None and not gradient_clip_val > 0:
+            raise ConfigError("gradient_clip_val", f"must be > 0 or null, got {gradient_clip_val}")
+        if accumulate_grad_batches < 1:
+            raise ConfigError("accumulate_grad_batches", f"must be >= 1, got {accumulate_grad_batches}")
+        if len(class_names) < 2:
+            raise ConfigError(
+                "class_names", f"need background and at least one class, got {list(class_names)}"
+            )
+        if panel_every_n_val_steps < 0:
+            raise ConfigError("panel_every_n_val_steps", f"must be >= 0, got {panel_every_n_val_steps}")
+        self.automatic_optimization = False
+        self.model = model
+        self.balancer = balancer if balancer is not None else FixedWeights()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.gradient_clip_val = gradient_clip_val
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.class_names = tuple(class_names)
+        self.panel_every_n_val_steps = panel_every_n_val_steps
+        self.tasks = tuple(model.tasks)
+        self.recon_metrics = ReconMetrics()
+        self.seg_metrics = SegMetrics(self.class_names)
+        # Epoch means of each task loss, for balancer.observe_epoch; synced across ranks by torchmetrics.
+        self.train_means = nn.ModuleDict({t: MeanMetric(nan_strategy="ignore") for t in self.tasks})
+        self.val_means = nn.ModuleDict({t: MeanMetric(nan_strategy="ignore") for t in self.tasks})
+        self._last_val_losses: dict[str, float] | None = None
+        self._shared: list[nn.Parameter] | None = None
+
+    # ------------------------------------------------------------------ setup
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
+
+    def setup(self, stage: str) -> None:
+        if self.balancer.does_backward and self.trainer.precision in ("16-mixed", "16"):
+            # Such a balancer calls backward itself, past the fp16 loss scaler.
+            raise ConfigError(
+                "trainer.precision", f"{type(self.balancer).__name__} needs 32 or bf16, not fp16"
+            )
+
+    @property
+    def panel_dir(self) -> Path:
+        """Where the validation and test panels go: ``<log_dir>/panels``."""
+        root = self.trainer.log_dir or self.trainer.default_root_dir
+        return Path(root) / "panels"
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: Mapping[str, Any]):
+        """Runs the network on a batch dict (``Keys.KSPACE``, ``Keys.MASK``, ``Keys.ACS``, optional target)."""
+        batch = with_acs(dict(batch))
+        return self.model(
+            batch[Keys.KSPACE], batch[Keys.MASK], batch[Keys.ACS], target=batch.get(Keys.TARGET)
+        )
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self(batch)
+        losses = self.model.compute_losses(out, batch)
+        size = batch[Keys.KSPACE].shape[0]
+        shared_params = None
+        if self.balancer.needs_shared:
+            if self._shared is None:  # the graph's structure is the same every step
+                self._shared = shared_parameters(losses, self.model.parameters())
+            shared_params = self._shared
+        result = self.balancer.balance(
+            losses,
+            shared_params=shared_params,
+            shared_features=getattr(out, "recon", None) if self.balancer.needs_shared else None,
+        )
+        if result.loss is not None:
+            self.manual_backward(result.loss)
+        if (batch_idx + 1) % self.accumulate_grad_batches == 0 or self.trainer.is_last_batch:
+            self._optimizer_step()
+
+        logs = {f"train/loss_{t}": v.detach() for t, v in losses.items()}
+        logs.update({f"train/weight_{t}": w for t, w in result.weights.items()})
+        logs.update({f"train/grad_norm_{t}": g for t, g in (result.grad_norms or {}).items()})
+        total = result.loss if result.loss is not None else self._weighted(losses, result.weights)
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=size)
+        self.log_dict(logs, batch_size=size)
+        for task, loss in losses.items():
+            self.train_means[task].update(loss.detach())
+
+    def _optimizer_step(self) -> None:
+        optimizer = self.optimizers()
+        if self.accumulate_grad_batches > 1:
+            for p in self.parameters():
+                if p.grad is not None:
+                    p.grad.div_(self.accumulate_grad_batches)
+        if self.gradient_clip_val is not None:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm"
+            )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler = self.lr_schedulers()
+        if scheduler is not None and self.scheduler_interval == "step":
+            scheduler.step()
+
+    def on_train_epoch_end(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None and self.scheduler_interval == "epoch":
+            scheduler.step()
+        train = self._epoch_means(self.train_means)
+        self.balancer.observe_epoch(train_losses=train or None, val_losses=self._last_val_losses)
+        self._last_val_losses = None
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def _evaluate(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
+        out = self(batch)
+        size = batch[Keys.KSPACE].shape[0]
+        has_target, has_seg = Keys.TARGET in batch, Keys.SEG in batch
+        if has_target and (has_seg or "seg" not in self.tasks):
+            losses = self.model.compute_losses(out, batch)
+            weights = self.balancer.weights_dict()
+            self.log_dict(
+                {f"{stage}/loss_{t}": v for t, v in losses.items()}, batch_size=size, sync_dist=True
+            )
+            self.log(f"{stage}/loss", self._weighted(losses, weights), batch_size=size, sync_dist=True)
+            if stage == "val":
+                for task, loss in losses.items():
+                    self.val_means[task].update(loss.detach())
+        recon = out.recon if "recon" in self.tasks else None
+        seg = self._labels(out.seg_logits) if "seg" in self.tasks else None
+        if recon is not None and has_target:
+            target = batch[Keys.TARGET]
+            self.recon_metrics.update(center_crop_or_pad(recon, target.shape[-2:], dims=(-2, -1)), target)
+        if seg is not None and has_seg:
+            truth = batch[Keys.SEG]
+            self.seg_metrics.update(center_crop_or_pad(seg, truth.shape[-2:], dims=(-2, -1)), truth)
+        every = self.panel_every_n_val_steps
+        if (
+            every
+            and batch_idx % every == 0
+            and not self.trainer.sanity_checking
+            and self.trainer.is_global_zero
+        ):
+            command = self.trainer.state.fn.value
+            name = f"{stage}_epoch{self.current_epoch:03d}" if command == "fit" else command
+            self._panel(batch, out, seg, f"{name}_batch{batch_idx:05d}.png")
+
+    def _labels(self, seg_logits: Tensor | None) -> Tensor | None:
+        if seg_logits is None:
+            return None
+        if seg_logits.shape[1] != len(self.class_names):
+            raise ConfigError(
+                "class_names",
+                f"{len(self.class_names)} names {list(self.class_names)} for {seg_logits.shape[1]} segmentation classes",
+            )
+        return seg_logits.argmax(dim=1)
+
+    def _panel(self, batch: dict[str, Any], out, seg: Tensor | None, name: str) -> None:
+        target, truth = batch.get(Keys.TARGET), batch.get(Keys.SEG)
+        zero_filled = rss_image(batch[Keys.KSPACE][:1])
+        recon = out.recon if out.recon is not None else zero_filled
+        size = tuple((target if target is not None else recon)[0].shape[-2:])
+
+        def crop(x: Tensor | None) -> Tensor | None:
+            return None if x is None else center_crop_or_pad(x[0].detach().float(), size, dims=(-2, -1))
+
+        save_panel(
+            self.panel_dir / name,
+            zero_filled=crop(zero_filled),
+            recon=crop(recon),
+            seg=crop(seg),
+            target=crop(target),
+            seg_target=crop(truth),
+            class_names=self.class_names,
+            title=f"{batch[Keys.FNAME][0]} slice {batch[Keys.SLICE][0]}",
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+        means = self._epoch_means(self.val_means)
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._last_val_losses = means or None
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _log_metrics(self, stage: str) -> None:
+        for metric in (self.recon_metrics, self.seg_metrics):
+            if metric.update_called:
+                self.log_dict({f"{stage}/{k}": v.float() for k, v in metric.compute().items()})
+            metric.reset()
+
+    # ------------------------------------------------------------------ prediction
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """-> ``reconstruction`` (B, H, W) float32 in the input's intensity units (``Keys.SCALE`` undone; the
+        zero-filled RSS image for a segmentation-only model), ``segmentation`` (B, H, W) uint8 (None without
+        a segmentation task), and the batch's file names and slice indices."""
+        out = self(batch)
+        recon = (out.recon if out.recon is not None else rss_image(batch[Keys.KSPACE])).float()
+        if Keys.SCALE in batch:
+            recon = denormalize(recon, batch[Keys.SCALE])
+        seg = self._labels(out.seg_logits) if "seg" in self.tasks else None
+        return {
+            "reconstruction": recon,
+            "segmentation": None if seg is None else seg.to(torch.uint8),
+            Keys.FNAME.value: batch[Keys.FNAME],
+            Keys.SLICE.value: batch[Keys.SLICE],
+        }
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _weighted(losses: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
+        return sum(weights.get(t, 1.0) * v.detach() for t, v in losses.items())
+
+    @staticmethod
+    def _epoch_means(means: nn.ModuleDict) -> dict[str, float]:
+        """Task -> mean loss since the last reset (tasks without a finite value left out); resets them."""
+        values = {}
+        for task, metric in means.items():
+            if metric.update_called:
+                value = float(metric.compute())
+                if math.isfinite(value):
+                    values[task] = value
+            metric.reset()
+        return values

@@ -1,0 +1,96 @@
+"""Data consistency: exact soft blending, the gradient step against numpy, and A against its adjoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import fft2c_np, ifft2c_np
+
+from medmtl.models.data_consistency import GradientDC, SoftDC, adjoint_op, forward_op
+
+
+def _complex(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().double()
+    return t[..., 0].numpy() + 1j * t[..., 1].numpy()
+
+
+def _mask(kind: str, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
+    """(1, 1, Hm, W, 1) random 0/1 mask, Hm = 1 for 1D, H for 2D."""
+    rows = 1 if kind == "1d" else h
+    return (torch.rand(1, 1, rows, w, 1, generator=gen) < 0.4).float()
+
+
+def _normalised_maps(b: int, c: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
+    sens = torch.randn(b, c, h, w, 2, generator=gen)
+    return sens / (sens**2).sum(dim=(1, 4), keepdim=True).sqrt()
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+@pytest.mark.parametrize("shape", [(2, 3, 9, 7), (1, 1, 5, 6)])
+def test_soft_dc_with_weight_one_keeps_sampled_kspace_exactly(kind, shape):
+    gen = torch.Generator().manual_seed(0)
+    b, c, h, w = shape
+    kspace = torch.randn(b, c, h, w, 2, generator=gen)
+    mask = _mask(kind, h, w, gen)
+    measured = torch.randn(b, c, h, w, 2, generator=gen) * mask
+    dc = SoftDC()
+    assert dc.weight.item() == 1.0  # the initial weight
+    blended = dc.blend(kspace, measured, mask)
+    sampled = mask.expand_as(kspace).bool()
+    assert torch.equal(blended[sampled], measured[sampled])
+    assert torch.equal(blended[~sampled], kspace[~sampled])
+
+
+def test_soft_dc_blends_with_its_weight():
+    gen = torch.Generator().manual_seed(1)
+    kspace, measured = torch.randn(2, 1, 2, 6, 5, 2, generator=gen)
+    mask = _mask("1d", 6, 5, gen)
+    dc = SoftDC()
+    with torch.no_grad():
+        dc.weight.fill_(0.3)
+    expected = torch.where(mask.bool(), 0.7 * kspace + 0.3 * measured, kspace)
+    torch.testing.assert_close(dc.blend(kspace, measured, mask), expected)
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_soft_dc_leaves_a_consistent_image_unchanged(kind):
+    """With sum_c |S_c|^2 = 1 and y = A x, S^H F^H [(1 - M) F S x + M y] = S^H S x = x."""
+    gen = torch.Generator().manual_seed(2)
+    b, c, h, w = 2, 3, 8, 7
+    image = torch.randn(b, h, w, 2, generator=gen)
+    sens = _normalised_maps(b, c, h, w, gen)
+    mask = _mask(kind, h, w, gen)
+    out = SoftDC()(image, forward_op(image, sens, mask), mask, sens)
+    torch.testing.assert_close(out, image, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_gradient_step_matches_numpy(kind):
+    """step * A^H (A x - y) with A = M F S, written out in complex numpy on a tiny case."""
+    gen = torch.Generator().manual_seed(3)
+    b, c, h, w = 1, 2, 5, 4
+    image = torch.randn(b, h, w, 2, generator=gen)
+    sens = torch.randn(b, c, h, w, 2, generator=gen)
+    mask = _mask(kind, h, w, gen)
+    measured = torch.randn(b, c, h, w, 2, generator=gen) * mask
+    dc = GradientDC()
+    with torch.no_grad():
+        dc.step.fill_(0.7)
+    x, s, y = _complex(image), _complex(sens), _complex(measured)
+    m = mask[..., 0].double().numpy()  # (1, 1, Hm, W) broadcasts over coils and rows
+    residual = m * fft2c_np(s * x[:, None]) - y
+    expected = 0.7 * (np.conj(s) * ifft2c_np(m * residual)).sum(axis=1)
+    np.testing.assert_allclose(_complex(dc(image, measured, mask, sens)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_adjoint_op_is_the_adjoint_of_forward_op():
+    gen = torch.Generator().manual_seed(4)
+    b, c, h, w = 2, 3, 7, 6
+    image = torch.randn(b, h, w, 2, generator=gen)
+    kspace = torch.randn(b, c, h, w, 2, generator=gen)
+    sens = torch.randn(b, c, h, w, 2, generator=gen)
+    mask = _mask("2d", h, w, gen)
+    lhs = np.vdot(_complex(kspace), _complex(forward_op(image, sens, mask)))
+    rhs = np.vdot(_complex(adjoint_op(kspace, sens, mask)), _complex(image))
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-5)

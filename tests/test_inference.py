@@ -1,0 +1,99 @@
+"""``Predictor.predict_volume``: the API that ONNX export, the DICOM script and the Slicer plugin build on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medmtl.errors import InputError
+from medmtl.inference import Predictor, write_predictions
+from medmtl.keys import MNI_CLASSES
+from medmtl.models.recon_seg import ReconSegNet
+
+TINY_NET = {
+    "num_cascades": 2,
+    "chans": 2,
+    "pools": 1,
+    "sens_chans": 2,
+    "sens_pools": 1,
+    "seg_chans": 4,
+    "seg_pools": 1,
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads; on a busy 2-core machine their spinning made them slow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    return Predictor(ReconSegNet(**TINY_NET), MNI_CLASSES, batch_size=2)
+
+
+def _volume(make_kspace, slices=3, coils=2, h=64, w=66):
+    kspace, _ = make_kspace(9, slices, coils, h, w)
+    return kspace
+
+
+@pytest.mark.parametrize("mask_shape", ["1d", "row", "2d"])
+def test_shapes_dtypes_and_progress(predictor, make_kspace, mask_shape):
+    kspace = _volume(make_kspace)
+    column = np.zeros(66, np.float32)
+    column[::3] = 1
+    column[30:36] = 1
+    mask = {"1d": column, "row": column[None], "2d": np.repeat(column[None], 64, axis=0)}[mask_shape]
+    done = []
+    recon, seg = predictor.predict_volume(kspace, mask, progress=done.append)
+    assert recon.shape == seg.shape == (3, 64, 66)
+    assert recon.dtype == np.float32 and seg.dtype == np.uint8
+    assert done == [2, 1]
+
+
+def test_masks_fully_sampled_input_itself(predictor, make_kspace):
+    kspace = _volume(make_kspace, slices=1)
+    mask = np.zeros(66, np.float32)
+    mask[::2] = 1
+    mask[31:35] = 1
+    full, _ = predictor.predict_volume(kspace, mask)
+    pre_masked, _ = predictor.predict_volume(kspace * mask, mask)
+    np.testing.assert_allclose(full, pre_masked, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kspace_shape", "mask", "words"),
+    [
+        ((2, 64, 66), np.ones(66), "(S, C, H, W) complex"),
+        ((1, 2, 64, 66), np.ones(65), "length 65"),
+        ((1, 2, 64, 66), np.ones((3, 66)), "expected"),
+        ((1, 2, 64, 66), np.r_[np.ones(33), np.zeros(33)][::-1].copy(), "centre"),
+    ],
+)
+def test_bad_inputs_raise_input_error(predictor, kspace_shape, mask, words):
+    kspace = np.ones(kspace_shape, np.complex64)
+    mask = mask.copy()
+    if words == "centre":
+        mask[33] = 0  # DC column unsampled
+    with pytest.raises(InputError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        predictor.predict_volume(kspace, mask)
+
+
+def test_all_zero_slice_names_the_slice(predictor, make_kspace):
+    kspace = _volume(make_kspace, slices=2)
+    kspace[1] = 0
+    with pytest.raises(InputError, match="slice 1"):
+        predictor.predict_volume(kspace, np.ones(66))
+
+
+def test_write_predictions_refuses_to_replace_kspace(tmp_path, make_kspace):
+    from medmtl.io.kspace import write_kspace_h5
+
+    src = write_kspace_h5(tmp_path / "scan.h5", _volume(make_kspace, slices=1))
+    with pytest.raises(InputError, match="never overwrite"):
+        write_predictions(src, np.zeros((1, 64, 66)), np.zeros((1, 64, 66)), MNI_CLASSES)
