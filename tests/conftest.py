@@ -15,8 +15,31 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from medmtl.io.kspace import write_kspace_h5
+
+# The smallest ReconSegNet that still runs every part (keyword arguments of ``ReconSegNet``).
+TINY_NET = {
+    "num_cascades": 2,
+    "chans": 2,
+    "pools": 1,
+    "sens_chans": 2,
+    "sens_pools": 1,
+    "seg_chans": 4,
+    "seg_pools": 1,
+}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_intra_op_thread():
+    """Tests use tiny tensors, where intra-op threads only add OpenMP barriers; on a busy 2-core machine
+    those stalled steps for seconds. Subprocess tests set ``OMP_NUM_THREADS=1`` themselves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 HEADER_XML = b'<?xml version="1.0"?><ismrmrdHeader><encoding><trajectory>cartesian</trajectory></encoding></ismrmrdHeader>'
 

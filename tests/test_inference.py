@@ -5,30 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_NET
 
 from medmtl.errors import InputError
 from medmtl.inference import Predictor, write_predictions
 from medmtl.keys import MNI_CLASSES
 from medmtl.models.recon_seg import ReconSegNet
-
-TINY_NET = {
-    "num_cascades": 2,
-    "chans": 2,
-    "pools": 1,
-    "sens_chans": 2,
-    "sens_pools": 1,
-    "seg_chans": 4,
-    "seg_pools": 1,
-}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy 2-core machine their spinning made them slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

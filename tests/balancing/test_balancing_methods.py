@@ -27,14 +27,6 @@ TASKS = ("reg", "cls", "aux")
 EPOCH = 4  # steps per "epoch" for DWA and CoBa
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on a shared 2-core machine, intra-op threads only add contention (30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_balancer(name: str, nan_policy: str = "skip") -> Balancer:
     kinds = {"reg": "regression", "cls": "classification", "aux": "regression"}

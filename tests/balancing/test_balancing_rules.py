@@ -20,15 +20,6 @@ from medmtl.balancing import (
 from medmtl.balancing.coba import coba_weights, window_slope
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on a shared 2-core machine, intra-op threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------- uncertainty == fixed
 @pytest.mark.parametrize("log_var", [0.0, 0.7, -1.3])
 def test_uncertainty_with_equal_fixed_log_vars_is_fixed_weighting(log_var):

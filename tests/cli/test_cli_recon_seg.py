@@ -13,32 +13,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_NET
 
 from medmtl.cli import main
 from medmtl.io.kspace import write_kspace_h5
 from medmtl.keys import MNI_CLASSES
 from medmtl.models.recon_seg import ReconSegNet
 
-TINY_NET = {
-    "num_cascades": 2,
-    "chans": 2,
-    "pools": 1,
-    "sens_chans": 2,
-    "sens_pools": 1,
-    "seg_chans": 4,
-    "seg_pools": 1,
-}
 CLASS_PATH = "medmtl.models.recon_seg.ReconSegNet"
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy 2-core machine their spinning made these
-    steps up to 50 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def save_checkpoint(path: Path, init_args: dict, state_from: dict | None = None, **hparams) -> Path:

@@ -11,32 +11,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 import yaml
+from conftest import TINY_NET
 
 from medmtl.cli import main
 from medmtl.io.kspace import write_kspace_h5
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_NET = {
-    "num_cascades": 2,
-    "chans": 2,
-    "pools": 1,
-    "sens_chans": 2,
-    "sens_pools": 1,
-    "seg_chans": 4,
-    "seg_pools": 1,
-}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy 2-core machine their spinning made these
-    steps up to 50 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(root: Path, **data) -> Path:

@@ -30,15 +30,6 @@ TINY = {
 SIZE = (64, 64)  # the simulator's smallest matrix
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy 2-core machine their spinning made these
-    steps up to 50 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_net(mode: str = "joint", **kwargs) -> ReconSegNet:
     torch.manual_seed(0)

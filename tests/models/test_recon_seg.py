@@ -28,15 +28,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: at these tiny sizes threads only add OpenMP barriers, which stall for seconds
-    when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _batch(coils: int, h: int, w: int, pattern: str, b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
     """A random masked batch with its mask, ACS region, target and labels (no physics needed for shapes)."""

@@ -32,15 +32,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: at these tiny sizes threads only add OpenMP barriers, which stall for seconds
-    when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class _Outputs(nn.Module):
     """The tensors an exported graph returns: reconstruction (B, H, W) and logits (B, K, H, W)."""
