@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_NET
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
@@ -18,22 +19,13 @@ from medmtl.keys import MNI_CLASSES, Keys
 from medmtl.lightning import MetricsJSON, MultitaskModule
 from medmtl.models.recon_seg import ReconSegNet
 
-TINY = {
-    "num_cascades": 2,
-    "chans": 2,
-    "pools": 1,
-    "sens_chans": 2,
-    "sens_pools": 1,
-    "seg_chans": 4,
-    "seg_pools": 1,
-}
 SIZE = (64, 64)  # the simulator's smallest matrix
 
 
 
 def tiny_net(mode: str = "joint", **kwargs) -> ReconSegNet:
     torch.manual_seed(0)
-    return ReconSegNet(mode=mode, **{**TINY, **kwargs})
+    return ReconSegNet(mode=mode, **{**TINY_NET, **kwargs})
 
 
 def datamodule(samples: int = 4, batch_size: int = 2) -> MultitaskDataModule:
