@@ -3,7 +3,12 @@
 ``Predictor.from_checkpoint`` rebuilds the network from the configuration that LightningCLI stored in the
 checkpoint's hyper-parameters (``model: {class_path, init_args}``) and loads its weights. The checkpoint is
 read with ``torch.load(weights_only=True)``, so it cannot run code, and only classes inside ``medmtl`` are
-built. ``predict_volume`` then does what the training data pipeline does to one slice (mask, estimate the
+built. Nothing in the file is trusted for a size: the archive must be laid out as ``torch.save`` writes it
+(uncompressed members), the network is first built on the meta device (no memory) within a budget of
+registered tensors, checked against the weights' names and shapes and against the file's size, and only
+then materialised; NaN or Inf weights are refused.
+
+``predict_volume`` then does what the training data pipeline does to one slice (mask, estimate the
 calibration region, normalise the intensity) and undoes the normalisation on the way out.
 
 Predictions file (DESIGN.md, "File formats"): ``reconstruction`` (S, H, W) float32 in the intensity units of
@@ -16,7 +21,10 @@ import importlib
 import json
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +32,7 @@ import h5py
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 from medmtl.data.files import kspace_to_tensor
 from medmtl.errors import InputError
@@ -38,6 +47,14 @@ SEGMENTATION = "segmentation"
 CLASSES_ATTR = "classes"
 # Only networks from this package are built from a checkpoint's configuration.
 _TRUSTED_PREFIX = "medmtl."
+# A strict load needs a checkpoint tensor for every parameter and buffer; medmtl's networks register about
+# three modules, parameters and buffers per such tensor while they are built (ReconSegNet 2.8, MONAI's VarNet
+# 3.4). A configuration registering more than this many per tensor cannot fit the weights, and is stopped
+# before it is built in full (num_cascades = 10**6 would take hours even on the meta device).
+_REGISTRATIONS_PER_TENSOR = 8
+# A network may hold at most this many bytes per byte of checkpoint file (float16 weights in a float64
+# network); more means the configuration or a tensor's shape (stride 0) claims data the file does not hold.
+_BYTES_PER_FILE_BYTE = 4
 _WHAT_WE_READ = "a checkpoint written by `medmtl fit`"
 
 
@@ -61,9 +78,16 @@ def write_predictions(
         )
     path = Path(path)
     if path.is_file() and h5py.is_hdf5(path):
-        with h5py.File(path, "r") as existing:
-            if "kspace" in existing:
-                raise InputError(path, "holds k-space (an input?); predictions never overwrite it")
+        try:
+            with h5py.File(path, "r") as existing:
+                holds_kspace = "kspace" in existing
+        except (OSError, RuntimeError, KeyError, ValueError) as err:  # h5py's errors for damaged metadata
+            raise InputError(
+                path,
+                f"is a damaged HDF5 file; predictions cannot check that it is no input, so keep it ({err})",
+            ) from err
+        if holds_kspace:
+            raise InputError(path, "holds k-space (an input?); predictions never overwrite it")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset(RECONSTRUCTION, data=recon, chunks=(1, *recon.shape[1:]))
         f.create_dataset(SEGMENTATION, data=seg.astype(np.uint8), chunks=(1, *seg.shape[1:]))
@@ -77,6 +101,9 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
         raise InputError(path, "is a folder, not a checkpoint file")
     if not path.exists():
         raise InputError(path, "no such checkpoint file")
+    problem = _archive_problem(path)
+    if problem:
+        raise InputError(path, f"is not a PyTorch checkpoint ({problem})")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for files that are not (safe) checkpoints
@@ -95,6 +122,23 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+def _archive_problem(path: Path) -> str | None:
+    """Why ``path`` is not a zip archive laid out as ``torch.save`` writes it, or None.
+
+    ``torch.load`` allocates the size a compressed member declares before it inflates it, so a few-KiB file
+    could ask for gigabytes; ``torch.save`` stores every member uncompressed, so compression is refused.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except Exception as err:  # zipfile raises BadZipFile, EOFError, ValueError, ... for damaged directories
+        return f"not a zip archive as torch.save writes: {' '.join(str(err).split())[:120]}"
+    compressed = next((m.filename for m in members if m.compress_type != zipfile.ZIP_STORED), None)
+    if compressed is not None:
+        return f"archive member {compressed!r} is compressed, which torch.save never does"
+    return None
+
+
 def _model_config(path: Path, hparams: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     spec = hparams.get("model")
     if not (isinstance(spec, Mapping) and isinstance(spec.get("class_path"), str)):
@@ -105,10 +149,44 @@ def _model_config(path: Path, hparams: Mapping[str, Any]) -> tuple[str, dict[str
     class_path = spec["class_path"]
     if not class_path.startswith(_TRUSTED_PREFIX):
         raise InputError(path, f"asks for network class {class_path!r}, which is not part of medmtl")
-    return class_path, dict(spec.get("init_args") or {})
+    init_args = spec.get("init_args") or {}
+    if not (isinstance(init_args, Mapping) and all(isinstance(key, str) for key in init_args)):
+        raise InputError(
+            path, f"records network arguments (model.init_args) without names: {init_args!r:.80}"
+        )
+    return class_path, dict(init_args)
 
 
-def _build(path: Path, class_path: str, init_args: dict[str, Any]) -> nn.Module:
+class _TooManyTensors(Exception):
+    """Raised inside a network's constructor when it registers more tensors than the budget allows."""
+
+
+@contextmanager
+def _registration_budget(limit: int) -> Iterator[None]:
+    """Raise ``_TooManyTensors`` once more than ``limit`` modules, parameters and buffers are registered."""
+    count = 0
+
+    def count_one(*_: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise _TooManyTensors
+
+    registers = (
+        module_hooks.register_module_module_registration_hook,
+        module_hooks.register_module_parameter_registration_hook,
+        module_hooks.register_module_buffer_registration_hook,
+    )
+    handles = [register(count_one) for register in registers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _build(path: Path, class_path: str, init_args: dict[str, Any], num_tensors: int) -> nn.Module:
+    """The network on the meta device (shapes without memory), built within the registration budget."""
     module_name, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), name)
@@ -117,9 +195,53 @@ def _build(path: Path, class_path: str, init_args: dict[str, Any]) -> nn.Module:
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise InputError(path, f"{class_path!r} is not a network class")
     try:
-        return cls(**init_args)
-    except (TypeError, ValueError) as err:
-        raise InputError(path, f"cannot build {name} from its stored configuration ({err})") from err
+        with _registration_budget(_REGISTRATIONS_PER_TENSOR * num_tensors), torch.device("meta"):
+            return cls(**init_args)
+    except _TooManyTensors:
+        raise InputError(
+            path, f"asks for a {name} larger than the {num_tensors} tensors of its weights can fill"
+        ) from None
+    except Exception as err:  # a constructor given arguments it cannot take may raise anything
+        detail = " ".join(str(err).split())[:200]
+        raise InputError(path, f"cannot build {name} from its stored configuration ({detail})") from err
+
+
+def _load_weights(path: Path, model: nn.Module, state: dict[str, Any], name: str) -> None:
+    """Check ``state`` against the meta-device ``model`` (names, shapes, total size), then materialise the
+    model on the CPU and copy the weights in."""
+
+    def load() -> None:
+        try:
+            with warnings.catch_warnings():
+                # Into meta tensors the copy is a no-op that still checks every name and shape.
+                warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
+                warnings.filterwarnings("ignore", message="Casting complex values to real")
+                model.load_state_dict(state, strict=True)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError) as err:
+            detail = " ".join(str(err).split())
+            raise InputError(
+                path, f"weights do not match the stored {name} configuration ({detail[:300]})"
+            ) from err
+
+    load()
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}.values()
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    file_size = path.stat().st_size
+    if size > _BYTES_PER_FILE_BYTE * file_size:
+        raise InputError(
+            path, f"describes a {name} of {size} bytes, more than its {file_size} bytes can hold"
+        )
+    # to_empty leaves memory uninitialised: every tensor must then come from the checkpoint.
+    unsaved = sorted(set(dict(model.named_buffers())) - set(state))
+    if unsaved:
+        raise InputError(
+            path, f"{name} has buffers that checkpoints do not save ({', '.join(unsaved)[:200]})"
+        )
+    model.to_empty(device="cpu")
+    load()
+    for key, tensor in model.state_dict().items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not torch.isfinite(tensor).all():
+            raise InputError(path, f"holds NaN or Inf weights ({key}); did the training run diverge?")
 
 
 class Predictor:
@@ -140,25 +262,30 @@ class Predictor:
         classes: Sequence[str],
         device: str | torch.device = "cpu",
         batch_size: int = 1,
+        require_segmentation: bool = True,
     ):
         if batch_size < 1:
             raise InputError("batch_size", f"must be at least 1, got {batch_size}")
-        if "seg" not in getattr(model, "tasks", ("seg",)):
-            raise InputError(
-                "model", f"has no segmentation task (tasks {list(model.tasks)}); predictions need one"
-            )
+        tasks = tuple(getattr(model, "tasks", ("seg",)))
+        if require_segmentation and "seg" not in tasks:
+            raise InputError("model", f"has no segmentation task (tasks {list(tasks)}); predictions need one")
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.classes = tuple(classes)
         self.batch_size = batch_size
+        self.segments = "seg" in tasks
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, device: str | torch.device = "cpu", batch_size: int = 1
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        batch_size: int = 1,
+        require_segmentation: bool = True,
     ) -> Predictor:
         """Build the network a ``medmtl fit`` checkpoint describes and load its weights.
 
-        Raises ``InputError(path, what)`` for a missing file, a file that is not a checkpoint, or a
+        ``require_segmentation=False`` also accepts reconstruction-only networks (for ``run``). Raises ``InputError(path, what)`` for a missing file, a file that is not a checkpoint, or a
         checkpoint of another kind of model or whose weights do not fit its configuration.
         """
         path = Path(path)
@@ -166,36 +293,60 @@ class Predictor:
         hparams = checkpoint.get("hyper_parameters")
         hparams = hparams if isinstance(hparams, Mapping) else {}
         class_path, init_args = _model_config(path, hparams)
-        model = _build(path, class_path, init_args)
         prefix = "model."
-        state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            detail = " ".join(str(err).split())
-            raise InputError(
-                path,
-                f"weights do not match the stored {class_path.rpartition('.')[2]} configuration ({detail[:300]})",
-            ) from err
+        state = {
+            k[len(prefix) :]: v
+            for k, v in checkpoint["state_dict"].items()
+            if isinstance(k, str) and k.startswith(prefix)
+        }
+        if not state:
+            raise InputError(path, f"holds no network weights (no state_dict key starts with {prefix!r})")
+        model = _build(path, class_path, init_args, len(state))
+        _load_weights(path, model, state, class_path.rpartition(".")[2])
         classes = hparams.get("class_names")
+        if classes is not None and not (
+            isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)
+        ):
+            raise InputError(path, f"records class names {classes!r:.80} that are not a list of strings")
         num_classes = getattr(model, "num_classes", None)
-        if not classes or (num_classes is not None and len(classes) != num_classes):
+        segments = "seg" in getattr(model, "tasks", ("seg",))
+        if segments and (not classes or (num_classes is not None and len(classes) != num_classes)):
             raise InputError(
                 path, f"records class names {classes!r} that do not fit the network's {num_classes} classes"
             )
         try:
-            return cls(model, classes, device=device, batch_size=batch_size)
+            return cls(
+                model,
+                classes or (),
+                device=device,
+                batch_size=batch_size,
+                require_segmentation=require_segmentation,
+            )
         except InputError as err:
             raise InputError(path, f"holds a network that {err.what}") from err
 
-    @torch.inference_mode()
     def predict_volume(
         self,
         kspace: np.ndarray,
         mask: np.ndarray,
         progress: Callable[[int], Any] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Reconstruct and segment every slice.
+        """Reconstruct and segment every slice: ``run`` for a network that segments (arguments and results
+        there)."""
+        if not self.segments:
+            raise InputError("model", "has no segmentation task; predictions need one")
+        recon, seg = self.run(kspace, mask, progress)
+        assert seg is not None
+        return recon, seg
+
+    @torch.inference_mode()
+    def run(
+        self,
+        kspace: np.ndarray,
+        mask: np.ndarray,
+        progress: Callable[[int], Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Reconstruct (and segment, where the network does) every slice.
 
         Args:
             kspace: (S, C, H, W) complex multi-coil k-space (zeros off the mask, or fully sampled: it is masked
@@ -205,7 +356,7 @@ class Predictor:
 
         Returns:
             reconstruction (S, H, W) float32 in the intensity units of the input's coil-combined image, and
-            segmentation (S, H, W) uint8.
+            segmentation (S, H, W) uint8, None for a network without a segmentation task.
         """
         kspace = np.asarray(kspace)
         if kspace.ndim != 4 or kspace.dtype.kind != "c":
@@ -243,7 +394,8 @@ class Predictor:
             )
             recon = out.recon if out.recon is not None else rss_image(chunk / scale[..., None, None])
             recons.append((recon.float() * scale).cpu().numpy())
-            segs.append(out.seg_logits.argmax(dim=1).to(torch.uint8).cpu().numpy())
+            if out.seg_logits is not None:
+                segs.append(out.seg_logits.argmax(dim=1).to(torch.uint8).cpu().numpy())
             if progress is not None:
                 progress(b)
-        return np.concatenate(recons).astype(np.float32, copy=False), np.concatenate(segs)
+        return np.concatenate(recons).astype(np.float32, copy=False), np.concatenate(segs) if segs else None

@@ -19,6 +19,15 @@ import torch
 
 from medmtl.io.kspace import write_kspace_h5
 
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fuzz-long",
+        action="store_true",
+        default=False,
+        help="fuzz tests (tests/fuzz): 5000 examples per reader instead of 200",
+    )
+
 # The smallest ReconSegNet that still runs every part (keyword arguments of ``ReconSegNet``).
 TINY_NET = {
     "num_cascades": 2,

@@ -79,3 +79,16 @@ def test_write_predictions_refuses_to_replace_kspace(tmp_path, make_kspace):
     src = write_kspace_h5(tmp_path / "scan.h5", _volume(make_kspace, slices=1))
     with pytest.raises(InputError, match="never overwrite"):
         write_predictions(src, np.zeros((1, 64, 66)), np.zeros((1, 64, 66)), MNI_CLASSES)
+
+
+def test_reconstruction_only_network_runs_but_does_not_predict(make_kspace):
+    torch.manual_seed(0)
+    recon_only = Predictor(ReconSegNet(**(TINY_NET | {"mode": "recon"})), (), require_segmentation=False)
+    kspace = _volume(make_kspace, slices=2)
+    mask = np.ones(66, np.float32)
+    recon, seg = recon_only.run(kspace, mask)
+    assert recon.shape == (2, 64, 66) and seg is None
+    with pytest.raises(InputError, match="no segmentation task"):
+        recon_only.predict_volume(kspace, mask)
+    with pytest.raises(InputError, match="no segmentation task"):
+        Predictor(ReconSegNet(**(TINY_NET | {"mode": "recon"})), ())

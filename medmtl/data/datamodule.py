@@ -5,6 +5,12 @@ through ``KSpaceSliceDataset``) and otherwise, for ``fit`` and ``validate``, the
 (``SimulatedKSpaceDataset``: fresh draws every training epoch, fixed validation draws, disjoint slices). Test
 and predict need a folder.
 
+Training, validation and test batches come through ``EpochSampler``'s ``(epoch, index)`` keys, files included
+(their random masks are then seeded per key, like the simulator's draws). Under DDP each process takes its share of
+every epoch, without repeats (``EpochSampler``), and the reduced metrics cover every validation sample once. A
+checkpoint stores how far into its epoch training was (``state_dict``), and a run resumed from it starts that
+epoch's sampler there, so that it sees the same batches as an uninterrupted run.
+
 A batch stacks every tensor key with a leading batch dimension and keeps ``Keys.FNAME`` and ``Keys.SLICE`` as
 lists. Samples only stack when they share their shapes: the default simulator (one orientation, the
 template's matrix) does; several orientations need ``simulation.size``, and a folder of files of different
@@ -13,19 +19,20 @@ matrix sizes needs ``batch_size=1``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 from monai.data.utils import worker_init_fn
-from monai.transforms import Compose
+from monai.transforms import Compose, Randomizable
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from medmtl.data.files import KSpaceSliceDataset
 from medmtl.data.mni import SimulationOptions, parse_slices, split_slices
-from medmtl.data.online import EpochSampler, SimulatedKSpaceDataset
+from medmtl.data.online import EpochSampler, SimulatedKSpaceDataset, item_seed
 from medmtl.errors import ConfigError
 from medmtl.keys import Keys
 from medmtl.transforms.intensity import NormalizeKSpaced
@@ -53,6 +60,28 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+class KeyedFiles(Dataset):
+    """A ``KSpaceSliceDataset`` indexed with ``EpochSampler``'s ``(epoch, index)`` keys (a plain ``int`` means
+    epoch 0).
+
+    Its transform's random draws (the masks of ``remask_files``) are seeded from (seed, epoch, index), so a
+    sample is the same in every run, in any worker process, and after a resume.
+    """
+
+    def __init__(self, files: KSpaceSliceDataset, seed: int):
+        self.files = files
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        if isinstance(self.files.transform, Randomizable):
+            self.files.transform.set_random_state(seed=item_seed(self.seed, epoch, index))
+        return self.files[index]
+
+
 class MultitaskDataModule(LightningDataModule):
     """Simulated default data or k-space folders, batched for the multitask model.
 
@@ -68,6 +97,8 @@ class MultitaskDataModule(LightningDataModule):
             files when ``remask_files`` is set.
         samples_per_epoch: simulated training samples per epoch; None means one per training slice.
         augment: MONAI augmentation of simulated training images.
+        train_crop: (H, W) random window of each simulated training slice (``SimulatedKSpaceDataset``'s
+            ``crop``); validation keeps whole slices.
         remask_files: draw new masks for files (for fully sampled files such as fastMRI's training set):
             random every time for training, fixed per (file, slice) for the other stages. Otherwise the
             file's stored (or derived) mask is used.
@@ -89,6 +120,7 @@ class MultitaskDataModule(LightningDataModule):
         simulation: SimulationOptions | None = None,
         samples_per_epoch: int | None = None,
         augment: bool = True,
+        train_crop: Sequence[int] | None = None,
         remask_files: bool = False,
         seed: int = 0,
         pin_memory: bool = False,
@@ -107,12 +139,14 @@ class MultitaskDataModule(LightningDataModule):
         self.simulation = simulation or SimulationOptions()
         self.samples_per_epoch = samples_per_epoch
         self.augment = augment
+        self.train_crop = train_crop
         self.remask_files = remask_files
         self.seed = seed
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self._check_disjoint()
         self.datasets: dict[str, Dataset] = {}
+        self._resume_at: tuple[int, int] | None = None  # (epoch, keys consumed) from a checkpoint
 
     def _check_disjoint(self) -> None:
         if self.dirs["train"] is not None or self.dirs["val"] is not None:
@@ -131,7 +165,7 @@ class MultitaskDataModule(LightningDataModule):
                     f"{len(overlap)} {orientation} slice(s) are also training slices ({overlap[0]}..{overlap[-1]})",
                 )
 
-    def _file_dataset(self, stage: str) -> KSpaceSliceDataset:
+    def _file_dataset(self, stage: str) -> KSpaceSliceDataset | KeyedFiles:
         steps = []
         if self.remask_files:
             o = self.simulation
@@ -145,7 +179,9 @@ class MultitaskDataModule(LightningDataModule):
                 )
             )
         steps.append(NormalizeKSpaced(allow_missing_keys=True))  # test and predict files may have no target
-        return KSpaceSliceDataset(self.dirs[stage], transform=Compose(steps))
+        files = KSpaceSliceDataset(self.dirs[stage], transform=Compose(steps))
+        # Prediction keeps plain indices and Lightning's sampler (one device, see PredictionWriter).
+        return files if stage == "predict" else KeyedFiles(files, self.seed)
 
     def _dataset(self, stage: str) -> Dataset:
         if self.dirs[stage] is not None:
@@ -160,6 +196,7 @@ class MultitaskDataModule(LightningDataModule):
             seed=self.seed,
             augment=self.augment and stage == "train",
             samples_per_epoch=self.samples_per_epoch if stage == "train" else None,
+            crop=self.train_crop if stage == "train" else None,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -169,35 +206,85 @@ class MultitaskDataModule(LightningDataModule):
             if name not in self.datasets:
                 self.datasets[name] = self._dataset(name)
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def _world(self) -> tuple[int, int]:
+        """(number of processes, this one's rank) of the attached trainer; (1, 0) without one."""
+        trainer = self.trainer
+        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+
+    def _loader(self, name: str) -> DataLoader:
         if name not in self.datasets:
             self.datasets[name] = self._dataset(name)
         dataset = self.datasets[name]
         sampler = None
-        if isinstance(dataset, SimulatedKSpaceDataset):
-            # (epoch, index) keys: Lightning's set_epoch on this sampler gives every epoch fresh draws.
-            sampler, shuffle = EpochSampler(len(dataset), shuffle=shuffle, seed=self.seed), False
+        if name != "predict":
+            replicas, rank = self._world()
+            training = name == "train"
+            if len(dataset) < replicas:  # a process without batches would wait forever in the collectives
+                key = "samples_per_epoch" if training else f"{name}_slices"
+                raise ConfigError(
+                    f"{name}_dir" if self.dirs[name] is not None else key,
+                    f"{len(dataset)} {name} sample(s) for {replicas} processes; each needs at least one",
+                )
+            sampler = EpochSampler(
+                len(dataset),
+                shuffle=training,
+                seed=self.seed,
+                num_replicas=replicas,
+                rank=rank,
+                drop_last=training,
+            )
+            if training and self._resume_at is not None:
+                sampler.resume(*self._resume_at)
+                self._resume_at = None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_samples,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            # Gives each worker its own random state for the file transforms (the simulator seeds per item).
+            # Gives each worker its own random state (the simulator and KeyedFiles reseed per item anyway).
             worker_init_fn=worker_init_fn,
+            # Worker seeds come from here, not from torch's global generator, which the loader then leaves
+            # alone: a resumed run restores that generator and must find it where the interrupted run left it.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", shuffle=False)
+        return self._loader("predict")
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """The training data position, stored in every checkpoint: ``{"epoch": E, "consumed": N}``, the epoch
+        the run is in and the keys of it that the training loop has processed, over all processes.
+
+        It is read from Lightning's own batch count, not from the loader, which runs ahead of the training
+        step (Lightning prefetches a batch, and worker processes several).
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        epoch = trainer.current_epoch
+        if batches >= trainer.num_training_batches:  # saved at the end of the epoch: resume with the next one
+            return {"epoch": epoch + 1, "consumed": 0}
+        return {"epoch": epoch, "consumed": batches * self.batch_size * trainer.world_size}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Start the next training loader at the stored position (see ``state_dict``)."""
+        if not state_dict:
+            return
+        self._resume_at = (int(state_dict["epoch"]), int(state_dict["consumed"]))
+        # The train loader is resumable through this state, which Lightning cannot see: it only looks for
+        # state_dict/load_state_dict on the DataLoader objects themselves.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")

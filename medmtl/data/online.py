@@ -11,7 +11,9 @@ Randomness is a pure function of (seed, epoch, index) for training and of (seed,
 item seeds the whole pipeline from ``numpy.random.SeedSequence`` of those numbers, so DataLoader workers never
 repeat each other's draws, each epoch differs, and any sample can be rebuilt alone. The epoch reaches the items
 through their keys: ``EpochSampler`` yields ``(epoch, index)`` pairs and Lightning calls its ``set_epoch``
-before every epoch (a plain ``int`` key means epoch 0).
+before every epoch (a plain ``int`` key means epoch 0). The same keys shard the epoch between DDP processes
+and let a resumed run start the epoch where its checkpoint left it (``EpochSampler.resume``): a sample is the
+same whichever process, worker or run draws it.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import Compose, DeleteItemsd
-from torch.utils.data import Dataset, Sampler
+from monai.transforms import Compose, DeleteItemsd, RandSpatialCropd
+from torch.utils.data import Dataset, DistributedSampler
 
 from medmtl.data.mni import ORIENTATIONS, SimulationOptions, extract_slices, parse_slices, split_slices
 from medmtl.data.simulate import SimulateMultiCoild
@@ -60,27 +62,73 @@ def item_seed(*numbers: int) -> int:
     return int(np.random.SeedSequence([int(n) for n in numbers]).generate_state(1)[0])
 
 
-class EpochSampler(Sampler):
-    """Yields ``(epoch, index)`` keys for ``SimulatedKSpaceDataset``, shuffled per epoch when ``shuffle``.
+class EpochSampler(DistributedSampler):
+    """Yields this process's ``(epoch, index)`` keys of an epoch, shuffled per epoch when ``shuffle``.
 
-    Lightning calls ``set_epoch`` before each epoch, so the dataset draws fresh data every epoch without any
-    state in the (possibly persistent) worker processes.
+    The epoch's order is a permutation seeded from ``(seed, epoch)`` (or ``0 .. num_samples - 1``), and the
+    process of rank ``r`` out of ``num_replicas`` takes every ``num_replicas``-th key from position ``r``, so
+    the shares never overlap. Lightning calls ``set_epoch`` before each epoch, so the dataset draws fresh data
+    every epoch without any state in the (possibly persistent) worker processes. Being a
+    ``DistributedSampler``, it is used as it is under DDP instead of being wrapped in Lightning's sampler,
+    whose padding would repeat keys and whose sharding happens after any skip this sampler could do.
+
+    Args:
+        num_samples: the dataset's length.
+        shuffle: a new permutation every epoch; False keeps index order.
+        seed: seed of the permutations.
+        num_replicas, rank: the number of processes sharing the epoch and this one's rank.
+        drop_last: True (for training) gives every process ``num_samples // num_replicas`` keys, leaving the
+            last ``num_samples % num_replicas`` keys of the epoch's order out (other ones every epoch when
+            shuffled), because every DDP process must take the same number of steps; False (for evaluation)
+            gives every key exactly once, the shares differing in length by one at most. Neither repeats a key,
+            unlike ``DistributedSampler``'s padding.
     """
 
-    def __init__(self, num_samples: int, shuffle: bool = True, seed: int = 0):
-        self.num_samples = int(num_samples)
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
+    def __init__(
+        self,
+        num_samples: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        drop_last: bool = True,
+    ):
+        num_samples = int(num_samples)
+        super().__init__(
+            range(num_samples),
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+        self.total_size = num_samples - num_samples % num_replicas if drop_last else num_samples
+        self.num_samples = len(range(rank, self.total_size, num_replicas))
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.epoch:
+            self._skip = 0  # a resume point belongs to its epoch
         self.epoch = int(epoch)
 
+    def resume(self, epoch: int, consumed: int) -> None:
+        """Make the next pass epoch ``epoch`` without its first ``consumed`` keys, counted over all processes.
+
+        With the same number of processes, this process skips exactly the keys it had taken; with another
+        number, each skips ``ceil(consumed / num_replicas)`` keys, so that no key is seen twice and the shares
+        stay equal (a few keys may then be left out of that epoch).
+        """
+        self.epoch = int(epoch)
+        self._skip = -(-int(consumed) // self.num_replicas)
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = np.arange(self.num_samples)
         if self.shuffle:
-            order = np.random.default_rng(item_seed(self.seed, self.epoch)).permutation(self.num_samples)
-        return iter([(self.epoch, int(i)) for i in order])
+            order = np.random.default_rng(item_seed(self.seed, self.epoch)).permutation(len(self.dataset))
+        else:
+            order = np.arange(len(self.dataset))
+        share = order[self.rank : self.total_size : self.num_replicas]
+        skip, self._skip = self._skip, 0
+        return iter([(self.epoch, int(i)) for i in share[skip:]])
 
     def __len__(self) -> int:
         return self.num_samples
@@ -103,6 +151,9 @@ class SimulatedKSpaceDataset(Dataset):
         augment: MONAI augmentation of the image and label before simulation; None means ``split == "train"``.
         samples_per_epoch: the dataset length; None means one sample per slice. Item ``i`` uses slice
             ``i % number of slices``.
+        crop: (H, W) of a random window cut from each slice before simulation (after augmentation), so a
+            training step costs less while the network, which is fully convolutional and applies data
+            consistency on whatever matrix it gets, still sees edges and background; None keeps the slice.
     """
 
     def __init__(
@@ -114,6 +165,7 @@ class SimulatedKSpaceDataset(Dataset):
         seed: int = 0,
         augment: bool | None = None,
         samples_per_epoch: int | None = None,
+        crop: Sequence[int] | None = None,
     ):
         if split not in ("train", "val"):
             raise ConfigError("split", f"{split!r} is not 'train' or 'val'")
@@ -140,11 +192,19 @@ class SimulatedKSpaceDataset(Dataset):
         self.samples_per_epoch = len(self.items) if samples_per_epoch is None else int(samples_per_epoch)
         if self.samples_per_epoch < 1:
             raise ConfigError("samples_per_epoch", f"must be at least 1, got {samples_per_epoch}")
+        self.crop = None if crop is None else tuple(int(c) for c in crop)
+        if self.crop is not None:
+            shape = next(iter(self._images.values())).shape[-2:]
+            if len(self.crop) != 2 or not all(1 <= c <= s for c, s in zip(self.crop, shape, strict=True)):
+                raise ConfigError("crop", f"{list(crop)} must be two sizes within the slice matrix {tuple(shape)}")
+            check_masks(self.options, self.crop)
         self.pipeline = self._pipeline()
 
     def _pipeline(self) -> Compose:
         o = self.options
         steps = [image_augmentation(keys=(Keys.IMAGE, Keys.LABEL))] if self.augment else []
+        if self.crop is not None:
+            steps.append(RandSpatialCropd(keys=(Keys.IMAGE, Keys.LABEL), roi_size=self.crop, random_size=False))
         steps += [
             SimulateMultiCoild(
                 keys=Keys.IMAGE, label_key=Keys.LABEL, num_coils=o.num_coils, noise_level=o.noise_level

@@ -23,10 +23,16 @@ centre-crop the image to the target's size.
 Reading is lazy: opening a file reads its metadata and the stored mask (at most H x W values), and
 ``read_slice`` reads one slice through h5py's hyperslab selection, so a file larger than memory works.
 Input files are opened read-only; the writer goes through ``atomic_path``.
+
+Sizes in a file are not trusted: a dataset must store all the data its shape declares (a few-KiB file can
+declare terabytes of never-written chunks, which HDF5 would hand back as fill values), virtual and external
+datasets are refused, and no single read (a slice, the mask, the header, an attribute) may return more than
+``MAX_READ_BYTES``. A damaged file raises ``KSpaceFileError``, whatever h5py raised underneath.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -35,7 +41,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from medmtl.errors import InputError, KSpaceFileError
+from medmtl.errors import InputError, KSpaceFileError, MedmtlError
 from medmtl.io.atomic import atomic_path
 
 KSPACE = "kspace"
@@ -47,6 +53,11 @@ HEADER = "ismrmrd_header"
 # Where a target image is looked for, first hit wins.
 TARGET_KEYS = (TARGET, RSS)
 SUFFIX = ".h5"
+# The most bytes one read may return, checked against the declared shape before anything is allocated.
+# 2 GiB holds four 64-coil 1024 x 1024 complex64 slices; fastMRI's largest slices are about 50 MB.
+MAX_READ_BYTES = 2**31
+# What h5py raises for damaged metadata (HDF5's error stack mapped onto these types).
+_H5PY_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 
 
 def _first_line(err: BaseException) -> str:
@@ -65,17 +76,23 @@ def _python_value(value: Any) -> Any:
     return value
 
 
+def _mask_layout_problem(shape: tuple[int, ...], dtype: np.dtype, height: int, width: int) -> str | None:
+    """Why a mask of this shape and dtype cannot sample (height, width) k-space, or None; needs no values."""
+    if dtype.kind not in "biuf":
+        return f"mask has dtype {dtype}; expected real or bool"
+    shapes = ((width,), (1, width), (height, width))
+    if len(shape) == 1 and shape[0] != width:
+        return f"mask has length {shape[0]} but kspace has W = {width} columns"
+    if shape not in shapes:
+        return f"mask has shape {shape}; expected (W,) = ({width},), (1, W) or (H, W) = ({height}, {width})"
+    return None
+
+
 def mask_problem(mask: np.ndarray, height: int, width: int) -> str | None:
     """Why ``mask`` cannot sample (height, width) k-space, or None when it can."""
-    if mask.dtype.kind not in "biuf":
-        return f"mask has dtype {mask.dtype}; expected real or bool"
-    shapes = ((width,), (1, width), (height, width))
-    if mask.ndim == 1 and mask.shape[0] != width:
-        return f"mask has length {mask.shape[0]} but kspace has W = {width} columns"
-    if mask.shape not in shapes:
-        return (
-            f"mask has shape {mask.shape}; expected (W,) = ({width},), (1, W) or (H, W) = ({height}, {width})"
-        )
+    problem = _mask_layout_problem(mask.shape, mask.dtype, height, width)
+    if problem:
+        return problem
     if not np.isfinite(mask).all():
         return "mask contains NaN or Inf"
     if not mask.any():
@@ -86,6 +103,27 @@ def mask_problem(mask: np.ndarray, height: int, width: int) -> str | None:
 def _as_mask(stored: np.ndarray) -> np.ndarray:
     """A stored mask as (Hm, W) float32 of zeros and ones."""
     return (stored != 0).astype(np.float32).reshape(-1, stored.shape[-1])
+
+
+def _unstored_problem(ds: h5py.Dataset) -> str | None:
+    """Why ``ds`` holds less data than its shape declares, or None (cheap: reads the chunk index only)."""
+    plist = ds.id.get_create_plist()
+    layout = plist.get_layout()
+    if layout == h5py.h5d.VIRTUAL or plist.get_external_count():
+        return "keeps its data in other files (a virtual or external dataset), which medmtl does not read"
+    if layout == h5py.h5d.CHUNKED:
+        needed = math.prod(-(-n // c) for n, c in zip(ds.shape, ds.chunks))
+        stored, unit = ds.id.get_num_chunks(), "chunks"
+    elif layout == h5py.h5d.CONTIGUOUS:
+        # The file's element size, which can differ from numpy's (24-bit integers, variable-length strings).
+        needed, stored, unit = ds.size * ds.id.get_type().get_size(), ds.id.get_storage_size(), "bytes"
+    else:  # compact: the data sits in the object header
+        return None
+    if stored < needed:
+        return (
+            f"stores {stored} of the {needed} {unit} its shape {ds.shape} declares (not completely written)"
+        )
+    return None
 
 
 def derive_mask(kspace_slice: np.ndarray) -> np.ndarray:
@@ -103,7 +141,7 @@ class KSpaceFile:
 
     Attributes: ``path``, ``num_slices`` (S), ``num_coils`` (C), ``shape`` (H, W), ``attrs`` (dict),
     ``has_target``, ``has_segmentation``, ``target_shape`` ((Ht, Wt) or None).
-    Any layout problem raises ``KSpaceFileError(path, what)``.
+    Any layout problem or damage raises ``KSpaceFileError(path, what)``.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -111,6 +149,12 @@ class KSpaceFile:
         self._file = self._open()
         try:
             self._validate()
+        except MedmtlError:
+            self._file.close()
+            raise
+        except _H5PY_ERRORS as err:
+            self._file.close()
+            raise self._error(f"is damaged: its HDF5 metadata cannot be read ({_first_line(err)})") from err
         except BaseException:
             self._file.close()
             raise
@@ -127,13 +171,21 @@ class KSpaceFile:
             if not h5py.is_hdf5(self.path):
                 raise self._error("is not an HDF5 file")
             return h5py.File(self.path, "r")
-        except OSError as err:
+        except _H5PY_ERRORS as err:
             raise self._error(f"cannot be opened as HDF5, truncated or corrupt ({_first_line(err)})") from err
 
     def _dataset(self, name: str) -> h5py.Dataset | None:
+        """The dataset ``name``, None if absent; refused if it is not a dataset or does not hold its data."""
         node = self._file.get(name)
-        if node is not None and not isinstance(node, h5py.Dataset):
+        if node is None:
+            return None
+        if not isinstance(node, h5py.Dataset):
             raise self._error(f"`{name}` is a {type(node).__name__}, not a dataset")
+        if node.shape is None:
+            raise self._error(f"`{name}` is an empty (null) dataset")
+        problem = _unstored_problem(node)
+        if problem:
+            raise self._error(f"`{name}` {problem}")
         return node
 
     def _validate(self) -> None:
@@ -154,7 +206,7 @@ class KSpaceFile:
         self.num_slices = int(kspace.shape[0])
         self.num_coils = 1 if kspace.ndim == 3 else int(kspace.shape[1])
         self.shape = (int(kspace.shape[-2]), int(kspace.shape[-1]))
-        self.attrs = {key: _python_value(value) for key, value in self._file.attrs.items()}
+        self.attrs = self._read_attrs()
 
         self._target = next((ds for key in TARGET_KEYS if (ds := self._dataset(key)) is not None), None)
         self._check_per_slice(self._target, "fiu")
@@ -167,6 +219,9 @@ class KSpaceFile:
         self._mask = None
         stored = self._dataset(MASK)
         if stored is not None:
+            problem = _mask_layout_problem(stored.shape, stored.dtype, *self.shape)
+            if problem:
+                raise self._error(problem)
             stored = self._read(stored, (), f"`{MASK}`")
             problem = mask_problem(stored, *self.shape)
             if problem:
@@ -183,10 +238,25 @@ class KSpaceFile:
         if ds.dtype.kind not in kinds:
             raise self._error(f"`{name}` has dtype {ds.dtype}")
 
-    def _read(self, ds: h5py.Dataset, index: Any, what: str) -> np.ndarray:
+    def _read_attrs(self) -> dict[str, Any]:
+        attrs = {}
+        for key in self._file.attrs:
+            attr = self._file.attrs.get_id(key)
+            self._check_read_size(f"attribute {key!r}", math.prod(attr.shape or ()), attr.dtype)
+            attrs[key] = _python_value(self._file.attrs[key])
+        return attrs
+
+    def _check_read_size(self, what: str, count: int, dtype: np.dtype) -> None:
+        size = count * dtype.itemsize
+        if size > MAX_READ_BYTES:
+            raise self._error(f"{what} declares {size} bytes, above the read limit of {MAX_READ_BYTES}")
+
+    def _read(self, ds: h5py.Dataset, index: int | tuple[()], what: str) -> np.ndarray:
+        """``ds[index]`` for index ``()`` (all of it) or an int (one slice along the first axis)."""
+        self._check_read_size(what, math.prod(ds.shape if index == () else ds.shape[1:]), ds.dtype)
         try:
             return np.asarray(ds[index])
-        except (OSError, RuntimeError) as err:
+        except _H5PY_ERRORS as err:
             raise self._error(f"{what} cannot be read ({_first_line(err)})") from err
 
     def mask(self) -> np.ndarray:
@@ -212,7 +282,8 @@ class KSpaceFile:
 
         Returns {"kspace": (C, H, W) complex64 as stored (not masked), "mask": (Hm, W) float32,
         "target": (Ht, Wt) float32 if present, "segmentation": (Hs, Ws) uint8 if present}.
-        Raises ``KSpaceFileError`` if the slice's k-space holds NaN or Inf.
+        Raises ``KSpaceFileError`` if the slice's k-space or target holds NaN or Inf, or its labels fall
+        outside 0..255.
         """
         if not 0 <= i < self.num_slices:
             raise IndexError(f"{self.path}: slice {i} out of range (file has {self.num_slices})")
@@ -222,20 +293,39 @@ class KSpaceFile:
             raise self._error(f"kspace slice {i} contains {bad}")
         sample = {"kspace": kspace, "mask": self.mask()}
         if self._target is not None:
-            sample["target"] = self._read(self._target, i, f"target slice {i}").astype(np.float32)
+            target = self._read(self._target, i, f"target slice {i}").astype(np.float32)
+            if not np.isfinite(target).all():
+                raise self._error(f"target slice {i} contains NaN or Inf")
+            sample["target"] = target
         if self._segmentation is not None:
             seg = self._read(self._segmentation, i, f"segmentation slice {i}")
+            if seg.min() < 0 or seg.max() > 255:
+                raise self._error(
+                    f"segmentation slice {i} has labels {seg.min()}..{seg.max()}; expected 0..255"
+                )
             sample["segmentation"] = seg.astype(np.uint8)
         return sample
 
     @property
     def ismrmrd_header(self) -> bytes | None:
         """The stored XML acquisition header, or None."""
-        ds = self._dataset(HEADER)
+        try:
+            ds = self._dataset(HEADER)
+        except _H5PY_ERRORS as err:
+            if isinstance(err, MedmtlError):
+                raise
+            raise self._error(f"`{HEADER}` cannot be read ({_first_line(err)})") from err
         if ds is None:
             return None
         value = self._read(ds, (), f"`{HEADER}`")
-        return value.item() if value.dtype.kind in "SO" else value.tobytes()
+        if value.dtype.kind not in "SO":
+            return value.tobytes()
+        text = value.item() if value.size == 1 else None
+        if isinstance(text, str):
+            text = text.encode("utf-8")
+        if not isinstance(text, bytes):
+            raise self._error(f"`{HEADER}` has shape {value.shape}, dtype {value.dtype}; expected one string")
+        return text
 
     def close(self) -> None:
         self._file.close()

@@ -49,8 +49,14 @@ class MetricsJSON(Callback):
             else Path(trainer.log_dir or trainer.default_root_dir) / "metrics.json"
         )
 
-    @rank_zero_only
     def _write(self, trainer: Trainer, pl_module: LightningModule, command: str) -> None:
+        # Every process resolves the paths (trainer.log_dir is a broadcast from rank 0); rank 0 writes.
+        path = self._path(trainer)
+        panels = getattr(pl_module, "panel_dir", None)
+        self._write_on_rank_zero(trainer, command, path, panels)
+
+    @rank_zero_only
+    def _write_on_rank_zero(self, trainer: Trainer, command: str, path: Path, panels: Path | None) -> None:
         metrics = {
             name: _number(value)
             for name, value in sorted(trainer.callback_metrics.items())
@@ -62,7 +68,6 @@ class MetricsJSON(Callback):
             checkpoint_path = checkpoint.last_model_path or checkpoint.best_model_path or None
         if command != "fit":
             checkpoint_path = getattr(trainer, "ckpt_path", None) or checkpoint_path
-        path = self._path(trainer)
         entries: dict[str, Any] = {}
         if path.is_file():
             try:
@@ -80,7 +85,6 @@ class MetricsJSON(Callback):
         print(f"medmtl {command}: metrics -> {path}")
         if checkpoint_path:
             print(f"medmtl {command}: checkpoint -> {checkpoint_path}")
-        panels = getattr(pl_module, "panel_dir", None)
         if panels is not None and Path(panels).is_dir() and any(Path(panels).glob("*.png")):
             print(f"medmtl {command}: panels -> {panels}")
 

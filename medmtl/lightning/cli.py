@@ -4,7 +4,10 @@ The YAML files in ``configs/`` hold the whole recipe (``medmtl fit -c configs/re
 can be overridden on the command line (``--trainer.max_steps 10``). ``--help`` lists them all.
 
 A user error (an unknown key, a value of the wrong type, a missing file, a configuration the classes
-reject) prints one line, ``medmtl <command>: error: <what>``, and exits with code 2 instead of a traceback.
+reject) prints one line, ``medmtl <command>: error: <what>``, and exits with code 2 instead of a traceback; a
+checkpoint given to ``--ckpt_path`` that cannot be read is one such error (``medmtl: error: <file>: ...``,
+through ``medmtl.cli.main``). Checkpoints are written atomically (``AtomicCheckpointIO``) unless the config
+names its own checkpoint plugin. ``docs/distributed.md`` covers DDP and FSDP runs and exact resume.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import warnings
 from collections.abc import Sequence
 
 from jsonargparse import ArgumentError
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from medmtl.data.datamodule import MultitaskDataModule
+from medmtl.lightning.checkpoint_io import AtomicCheckpointIO, describe_error, unreadable_checkpoint
 from medmtl.lightning.module import MultitaskModule
 
 COMMANDS = ("fit", "validate", "test", "predict")
@@ -85,6 +90,24 @@ class MultitaskCLI(LightningCLI):
         except (ValueError, TypeError, ImportError) as err:
             raise ConfigurationError(one_line(err)) from err
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the hyper-parameters of a --ckpt_path file before it builds anything, with a plain
+        # torch.load: a damaged file fails here first (``--ckpt_path last`` fails later, in AtomicCheckpointIO).
+        try:
+            super()._parse_ckpt_path()
+        except ArgumentError:
+            raise
+        except Exception as err:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise unreadable_checkpoint(path, describe_error(err)) from err
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        # Only in place of Lightning's default, not of a plugin the config chose.
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
 
 def _quiet_seed_message() -> None:
     # "Seed set to N" would precede a configuration error's one line; the seed is in config.yaml anyway.
@@ -103,6 +126,9 @@ def run(argv: Sequence[str]) -> int:
         with warnings.catch_warnings():
             # We pass argv explicitly although sys.argv also holds it; that is intended here.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            # ModelCheckpoint asks manually optimised modules for weights from before the step; the weights after
+            # it are the ones that match the checkpoint's step count, which an exact resume needs.
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
             MultitaskCLI(argv)
     except (ArgumentError, ConfigurationError, MisconfigurationException) as err:
         print(f"medmtl {command}: error: {one_line(err)}", file=sys.stderr)

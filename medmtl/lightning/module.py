@@ -15,6 +15,12 @@ Optimisation is always manual, so every balancer takes the same path: those that
 themselves (PCGrad) set ``.grad`` inside ``balance``, the others return a loss for ``manual_backward``. The
 module therefore owns gradient accumulation and clipping (Lightning refuses the Trainer's under manual
 optimisation); gradients are averaged over the accumulated batches before clipping.
+
+Under DDP, gradients are averaged over the processes inside the backward, as under automatic optimisation,
+also for the balancers that run the backward themselves; ``docs/distributed.md`` says what that means for the
+balancers that take gradients. A checkpoint
+also holds every process's random generators, running loss means and balancer state
+(``medmtl.lightning.resume``), which a resumed run restores when training starts, for an exact resume.
 """
 
 from __future__ import annotations
@@ -35,12 +41,16 @@ from medmtl.balancing import Balancer, FixedWeights
 from medmtl.errors import ConfigError
 from medmtl.keys import MNI_CLASSES, Keys
 from medmtl.lightning.panels import save_panel
+from medmtl.lightning.resume import gather, rank_state, restore_rank_state
 from medmtl.lightning.shared import shared_parameters
 from medmtl.metrics import ReconMetrics, SegMetrics
 from medmtl.transforms.acs import acs_mask_from_mask
 from medmtl.transforms.coils import rss_image
 from medmtl.transforms.intensity import denormalize
 from medmtl.transforms.spatial import center_crop_or_pad
+
+# Checkpoint entry of what an exact resume needs beyond Lightning's own entries (see medmtl.lightning.resume).
+RESUME_KEY = "medmtl_resume"
 
 
 def _is_config(value: Any) -> bool:
@@ -129,11 +139,16 @@ class MultitaskModule(LightningModule):
         self.tasks = tuple(model.tasks)
         self.recon_metrics = ReconMetrics()
         self.seg_metrics = SegMetrics(self.class_names)
-        # Epoch means of each task loss, for balancer.observe_epoch; synced across ranks by torchmetrics.
+        # Epoch means of each task loss (for balancer.observe_epoch and the val/test logs) and of the weighted
+        # total, weighted by batch size. torchmetrics reduces them over the processes, each sample counting once
+        # (Lightning's own sync_dist mean truncates the summed batch sizes of uneven shards to an integer).
         self.train_means = nn.ModuleDict({t: MeanMetric(nan_strategy="ignore") for t in self.tasks})
-        self.val_means = nn.ModuleDict({t: MeanMetric(nan_strategy="ignore") for t in self.tasks})
+        self.eval_means = nn.ModuleDict({t: MeanMetric(nan_strategy="ignore") for t in self.tasks})
+        self.eval_total = MeanMetric(nan_strategy="ignore")
         self._last_val_losses: dict[str, float] | None = None
         self._shared: list[nn.Parameter] | None = None
+        self._resumed_rank_state: dict[str, Any] | None = None
+        self._panel_dir: Path | None = None
 
     # ------------------------------------------------------------------ setup
     def configure_optimizers(self):
@@ -152,12 +167,15 @@ class MultitaskModule(LightningModule):
             raise ConfigError(
                 "trainer.precision", f"{type(self.balancer).__name__} needs 32 or bf16, not fp16"
             )
+        # trainer.log_dir is a broadcast from rank 0, so every process asks here, not only rank 0 later.
+        self._panel_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "panels"
 
     @property
     def panel_dir(self) -> Path:
-        """Where the validation and test panels go: ``<log_dir>/panels``."""
-        root = self.trainer.log_dir or self.trainer.default_root_dir
-        return Path(root) / "panels"
+        """Where the validation and test panels go: ``<log_dir>/panels`` (known once the trainer set up)."""
+        if self._panel_dir is None:
+            raise RuntimeError("panel_dir is known once a trainer has set the module up")
+        return self._panel_dir
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping[str, Any]):
@@ -177,11 +195,19 @@ class MultitaskModule(LightningModule):
             if self._shared is None:  # the graph's structure is the same every step
                 self._shared = shared_parameters(losses, self.model.parameters())
             shared_params = self._shared
+        own_backward = sum(losses.values()) if self.balancer.does_backward else None
+        if own_backward is not None:
+            # Under manual optimisation Lightning readies DDP's gradient all-reduce in manual_backward only; a
+            # balancer that runs its own backward gets the same preparation here, or every process would keep
+            # its own gradients. Its per-task autograd.grad calls do not trigger the all-reduce.
+            self.trainer.strategy.pre_backward(own_backward)
         result = self.balancer.balance(
             losses,
             shared_params=shared_params,
             shared_features=getattr(out, "recon", None) if self.balancer.needs_shared else None,
         )
+        if own_backward is not None:
+            self.trainer.strategy.post_backward(own_backward)
         if result.loss is not None:
             self.manual_backward(result.loss)
         if (batch_idx + 1) % self.accumulate_grad_batches == 0 or self.trainer.is_last_batch:
@@ -216,7 +242,7 @@ class MultitaskModule(LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None and self.scheduler_interval == "epoch":
             scheduler.step()
-        train = self._epoch_means(self.train_means)
+        train = _finite(self._epoch_means(self.train_means))
         self.balancer.observe_epoch(train_losses=train or None, val_losses=self._last_val_losses)
         self._last_val_losses = None
 
@@ -233,14 +259,9 @@ class MultitaskModule(LightningModule):
         has_target, has_seg = Keys.TARGET in batch, Keys.SEG in batch
         if has_target and (has_seg or "seg" not in self.tasks):
             losses = self.model.compute_losses(out, batch)
-            weights = self.balancer.weights_dict()
-            self.log_dict(
-                {f"{stage}/loss_{t}": v for t, v in losses.items()}, batch_size=size, sync_dist=True
-            )
-            self.log(f"{stage}/loss", self._weighted(losses, weights), batch_size=size, sync_dist=True)
-            if stage == "val":
-                for task, loss in losses.items():
-                    self.val_means[task].update(loss.detach())
+            for task, loss in losses.items():
+                self.eval_means[task].update(loss.detach(), weight=size)
+            self.eval_total.update(self._weighted(losses, self.balancer.weights_dict()), weight=size)
         recon = out.recon if "recon" in self.tasks else None
         seg = self._labels(out.seg_logits) if "seg" in self.tasks else None
         if recon is not None and has_target:
@@ -291,19 +312,27 @@ class MultitaskModule(LightningModule):
         )
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-        means = self._epoch_means(self.val_means)
+        means = self._log_metrics("val")
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            self._last_val_losses = means or None
+            self._last_val_losses = _finite(means) or None
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
 
-    def _log_metrics(self, stage: str) -> None:
+    def _log_metrics(self, stage: str) -> dict[str, float]:
+        """Logs the epoch's losses and metrics, resets them, and returns the mean loss of each task."""
+        losses = self._epoch_means(self.eval_means)
+        values: dict[str, float | Tensor] = {f"{stage}/loss_{t}": v for t, v in losses.items()}
+        values.update({f"{stage}/loss": v for v in self._epoch_means({"total": self.eval_total}).values()})
         for metric in (self.recon_metrics, self.seg_metrics):
             if metric.update_called:
-                self.log_dict({f"{stage}/{k}": v.float() for k, v in metric.compute().items()})
+                values.update({f"{stage}/{k}": v.float() for k, v in metric.compute().items()})
             metric.reset()
+        if values:
+            # compute() has already reduced the sums over the processes (torchmetrics), so every process holds
+            # the same values; a max over those copies returns them unchanged and marks them as synchronised.
+            self.log_dict(values, sync_dist=True, reduce_fx="max")
+        return losses
 
     # ------------------------------------------------------------------ prediction
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
@@ -322,19 +351,55 @@ class MultitaskModule(LightningModule):
             Keys.SLICE.value: batch[Keys.SLICE],
         }
 
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Every process runs this hook (and only rank 0 writes the file), so each can hand in its own state.
+        checkpoint[RESUME_KEY] = {
+            "ranks": gather(rank_state(self.train_means, self.balancer)),
+            "last_val_losses": self._last_val_losses,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(RESUME_KEY)
+        trainer = self._trainer
+        if saved is None or trainer is None or trainer.state.fn != "fit":
+            return  # only a resumed fit continues from this state
+        self._last_val_losses = saved["last_val_losses"]
+        ranks = saved["ranks"]
+        if len(ranks) == trainer.world_size:
+            self._resumed_rank_state = ranks[trainer.global_rank]
+        else:
+            warnings.warn(
+                f"the checkpoint was written by {len(ranks)} processes and this run has {trainer.world_size}: "
+                "each process's random generators, running losses and balancer state start afresh, so the "
+                "resume is not exact",
+                stacklevel=2,
+            )
+
+    def on_train_start(self) -> None:
+        # Restored as late as possible before the first step: nothing between the save and the next step of the
+        # interrupted run drew from these generators (the loaders have their own, MultitaskDataModule), while
+        # the resumed run has since built its model and run its sanity check.
+        if self._resumed_rank_state is not None:
+            restore_rank_state(self._resumed_rank_state, self.train_means, self.balancer)
+            self._resumed_rank_state = None
+
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _weighted(losses: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
         return sum(weights.get(t, 1.0) * v.detach() for t, v in losses.items())
 
     @staticmethod
-    def _epoch_means(means: nn.ModuleDict) -> dict[str, float]:
-        """Task -> mean loss since the last reset (tasks without a finite value left out); resets them."""
+    def _epoch_means(means: Mapping[str, MeanMetric]) -> dict[str, float]:
+        """Name -> mean since the last reset, over every process (names never updated left out); resets them."""
         values = {}
-        for task, metric in means.items():
+        for name, metric in means.items():
             if metric.update_called:
-                value = float(metric.compute())
-                if math.isfinite(value):
-                    values[task] = value
+                values[name] = float(metric.compute())
             metric.reset()
         return values
+
+
+def _finite(values: Mapping[str, float]) -> dict[str, float]:
+    """The finite entries of ``values`` (what a balancer may see)."""
+    return {k: v for k, v in values.items() if math.isfinite(v)}

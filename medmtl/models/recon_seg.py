@@ -38,6 +38,7 @@ from medmtl.models.complex_unet import complex_unet
 from medmtl.models.data_consistency import adjoint_op
 from medmtl.models.seg_unet import seg_unet
 from medmtl.models.sens_net import SensitivityNet
+from medmtl.transforms.spatial import center_crop_or_pad
 
 Mode = Literal["joint", "sequential", "recon", "seg_zero_filled", "seg_target"]
 _TASKS: dict[str, tuple[str, ...]] = {
@@ -75,6 +76,23 @@ class ReconSegOutput(NamedTuple):
 def ramp_weights(n: int) -> list[float]:
     """Deep-supervision weights 1, 2, ..., n, normalised to sum to 1: later outputs count more."""
     return [2.0 * (i + 1) / (n * (n + 1)) for i in range(n)]
+
+
+def recon_loss(recons: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Deep-supervised reconstruction loss: L1 + (1 - SSIM) of each (B, H, W) magnitude in ``recons``
+    against ``target`` (B, H, W), both divided by the target's per-sample maximum (the SSIM data range) so
+    the loss does not depend on intensity units, weighted by ``ramp_weights``. A target smaller than the
+    reconstructions (fastMRI's 320 x 320 ``reconstruction_rss`` of oversampled 640 x 368 k-space) is compared
+    with their centre crop."""
+    recons = [center_crop_or_pad(r, target.shape[-2:], (-2, -1)) for r in recons]
+    data_range = target.amax(dim=(-2, -1), keepdim=True).clamp_min(_TINY)
+    target = target / data_range
+    terms = [
+        (r / data_range - target).abs().mean()
+        + ssim_loss((r / data_range).unsqueeze(1), target.unsqueeze(1), 1.0)
+        for r in recons
+    ]
+    return sum(w * t for w, t in zip(ramp_weights(len(terms)), terms, strict=True))
 
 
 def _check_inputs(kspace: torch.Tensor, mask: torch.Tensor, acs_mask: torch.Tensor) -> None:
@@ -229,16 +247,7 @@ class ReconSegNet(nn.Module):
         """
         losses = {}
         if "recon" in self.tasks:
-            target = batch[Keys.TARGET]
-            data_range = target.amax(dim=(-2, -1), keepdim=True).clamp_min(_TINY)
-            target = target / data_range
-            terms = []
-            for recon in out.recons:
-                recon = recon / data_range
-                terms.append(
-                    (recon - target).abs().mean() + ssim_loss(recon.unsqueeze(1), target.unsqueeze(1), 1.0)
-                )
-            losses["recon"] = sum(w * t for w, t in zip(ramp_weights(len(terms)), terms, strict=True))
+            losses["recon"] = recon_loss(out.recons, batch[Keys.TARGET])
         if "seg" in self.tasks:
             labels = batch[Keys.SEG]
             terms = [dice_ce_loss(logits, labels) for logits in out.seg_logits_all]

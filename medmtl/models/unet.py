@@ -16,6 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmtl.errors import ConfigError
+
+MAX_POOLS = 12
+
 
 @dataclass(frozen=True)
 class UNetLayers:
@@ -68,6 +72,12 @@ class UNet(nn.Module):
 
     def __init__(self, in_chans: int, out_chans: int, chans: int, pools: int, layers: UNetLayers):
         super().__init__()
+        # 2**12 = 4096 px: more halvings than any image allows; the bound also stops a hostile checkpoint
+        # configuration (pools = 10**9) before the Python list below is built.
+        if not (isinstance(pools, int) and 0 <= pools <= MAX_POOLS):
+            raise ConfigError("pools", f"must be a whole number in 0..{MAX_POOLS}, got {pools!r}")
+        if not (isinstance(chans, int) and chans >= 1):
+            raise ConfigError("chans", f"must be a whole number >= 1, got {chans!r}")
         widths = [chans * 2**level for level in range(pools + 1)]
         self.multiple = 2**pools
         inputs = [in_chans, *widths[:-1]]  # input channels of each level

@@ -102,6 +102,20 @@ def test_dataset_rejects_bad_arguments():
         SimulatedKSpaceDataset("train", slices="80:81", options=SimulationOptions(center_fractions=(0.5,)))
     with pytest.raises(IndexError):
         SimulatedKSpaceDataset("val", slices="80:81", options=SMALL)[1]
+    with pytest.raises(ConfigError, match="crop"):
+        SimulatedKSpaceDataset("train", slices="80:81", options=SMALL, crop=(65, 32))
+
+
+def test_training_crop_moves_and_keeps_pairs():
+    """A random window per draw, the same window in image, label and target; validation keeps whole slices."""
+    data = SimulatedKSpaceDataset("train", slices="90:91", options=SMALL, crop=(33, 40), samples_per_epoch=6)
+    samples = [data[(0, i)] for i in range(6)]
+    assert all(s[Keys.KSPACE].shape == (2, 33, 40, 2) and s[Keys.SEG].shape == (33, 40) for s in samples)
+    assert all(s[Keys.TARGET].shape == (33, 40) for s in samples)
+    assert len({s[Keys.TARGET].sum().item() for s in samples}) > 1  # the window moves
+    module = MultitaskDataModule(simulation=SMALL, train_crop=(33, 40), train_slices="90:91", val_slices="80:81")
+    module.setup("fit")
+    assert module.datasets["val"][0][Keys.TARGET].shape == (64, 72)
 
 
 def test_epoch_sampler():

@@ -10,7 +10,7 @@ from medmtl.data.online import SimulatedKSpaceDataset
 from medmtl.errors import ConfigError, InputError
 from medmtl.keys import Keys
 from medmtl.models import ReconSegNet
-from medmtl.models.recon_seg import ramp_weights
+from medmtl.models.recon_seg import ramp_weights, recon_loss
 from medmtl.transforms.acs import acs_mask_from_mask
 from medmtl.transforms.masks import make_mask
 
@@ -146,6 +146,16 @@ def test_shared_weights_use_one_regulariser():
     assert shared.cascades[0].dc is not shared.cascades[1].dc
     n_shared = sum(p.numel() for p in shared.parameters())
     assert n_shared < sum(p.numel() for p in unshared.parameters())
+
+
+def test_recon_loss_compares_a_smaller_target_with_the_centre_crop():
+    """fastMRI stores a 320 x 320 target beside oversampled 640 x 368 k-space."""
+    torch.manual_seed(0)
+    target = torch.rand(2, 16, 18)
+    recon = torch.rand(2, 24, 22)
+    recon[:, 4:20, 2:20] = target  # the centre crop is exact, the border is noise
+    assert recon_loss([recon], target).item() == pytest.approx(0.0, abs=1e-5)
+    assert recon_loss([recon[:, 3:19, 2:20]], target).item() > 0.01
 
 
 def test_ramp_weights_grow_and_sum_to_one():
