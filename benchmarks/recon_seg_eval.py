@@ -149,7 +149,7 @@ def evaluate(checkpoints: dict[str, Path], accelerations: list[float], threads: 
             rows.append(base | {"method": name} | metrics(recon, data["target"], None, data["labels"]))
             for name, predictor in predictors.items():
                 if getattr(predictor.model, "mode", None) == "seg_target":
-                    recon, seg = data["target"], _seg_of_target(predictor, data)
+                    recon, seg = data["target"], _seg_of_target(predictor, kspace, mask, data["target"])
                 else:
                     recon, seg = predictor.run(data["kspace"], data["mask"])
                 rows.append(base | {"method": name} | metrics(recon, data["target"], seg, data["labels"]))
@@ -158,11 +158,11 @@ def evaluate(checkpoints: dict[str, Path], accelerations: list[float], threads: 
 
 
 @torch.inference_mode()
-def _seg_of_target(predictor: Predictor, data: dict) -> np.ndarray:
+def _seg_of_target(
+    predictor: Predictor, kspace: torch.Tensor, mask: torch.Tensor, target: np.ndarray
+) -> np.ndarray:
     """The upper bound: ``seg_target`` segments the fully sampled target image."""
-    kspace = kspace_to_tensor(data["kspace"])
-    mask = mask_tensor(data["mask"], kspace.shape[-2])
-    out = predictor.model(kspace, mask, mask, target=torch.from_numpy(data["target"]))
+    out = predictor.model(kspace, mask, mask, target=torch.from_numpy(target))
     return out.seg_logits.argmax(dim=1).to(torch.uint8).numpy()
 
 

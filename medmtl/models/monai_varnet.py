@@ -17,12 +17,9 @@ from monai.apps.reconstruction.networks.nets.complex_unet import ComplexUnet
 from monai.apps.reconstruction.networks.nets.varnet import VariationalNetworkModel
 from torch import nn
 
-from medmtl.cplx import rss
 from medmtl.fft import ifft2c
 from medmtl.keys import Keys
-from medmtl.models.recon_seg import ReconSegOutput, _check_inputs, recon_loss
-
-_TINY = 1e-12
+from medmtl.models.recon_seg import ReconSegOutput, _check_inputs, input_scale, recon_loss
 
 
 class MonaiVarNet(nn.Module):
@@ -59,7 +56,7 @@ class MonaiVarNet(nn.Module):
         """kspace (B, C, H, W, 2); mask (B or 1, 1, 1, W, 1) 1D column mask (MONAI supports no other)."""
         _check_inputs(kspace, mask, acs_mask)
         measured = kspace * mask
-        scale = rss(ifft2c(measured)).amax(dim=(-2, -1)).clamp_min(_TINY)  # (B,)
+        scale = input_scale(ifft2c(measured))
         masks = mask.expand(kspace.shape[0], -1, -1, -1, -1)
         recon = torch.cat(
             [

@@ -78,6 +78,12 @@ def ramp_weights(n: int) -> list[float]:
     return [2.0 * (i + 1) / (n * (n + 1)) for i in range(n)]
 
 
+def input_scale(coil_images: torch.Tensor) -> torch.Tensor:
+    """The per-sample intensity unit of the network: the maximum of the zero-filled RSS image.
+    coil_images (B, C, H, W, 2) -> (B,), floored so an all-zero input gives zeros, not NaN."""
+    return rss(coil_images).amax(dim=(-2, -1)).clamp_min(_TINY)
+
+
 def recon_loss(recons: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
     """Deep-supervised reconstruction loss: L1 + (1 - SSIM) of each (B, H, W) magnitude in ``recons``
     against ``target`` (B, H, W), both divided by the target's per-sample maximum (the SSIM data range) so
@@ -194,7 +200,7 @@ class ReconSegNet(nn.Module):
         _check_inputs(kspace, mask, acs_mask)
         measured = kspace * mask
         coil_images = ifft2c(measured)
-        scale = rss(coil_images).amax(dim=(-2, -1)).clamp_min(_TINY)  # (B,)
+        scale = input_scale(coil_images)
         if self.mode == "seg_zero_filled":
             return self._seg_only(rss(coil_images) / scale[:, None, None])
         if self.mode == "seg_target":
