@@ -1,11 +1,20 @@
 """Centred, orthonormal 2D FFTs on real tensors with a trailing (real, imag) pair.
 
 ``fft2c(x) == fftshift(fft2(ifftshift(x), norm="ortho"))`` over the two axes before the pair, which is
-what ``numpy.fft`` gives with the same shifts. These are the eager versions; the exported graph uses its own
-formulation (see DESIGN.md).
+what ``numpy.fft`` gives with the same shifts.
+
+Two formulations of the same maths:
+
+- eager and training: ``torch.fft`` on a complex view (O(N log N));
+- inside ``torch.export`` (ONNX export): products with centred DFT matrices built in the graph from the
+  symbolic H and W, so the graph holds only Range/Mul/Mod/Cos/Sin/MatMul and works for any H x W. ONNX's
+  ``DFT`` runs slowly in onnxruntime on the CPU and cannot shift by a symbolic H // 2 (DESIGN.md, "Facts
+  measured here"); the matrices need no shift, because they index frequencies and positions from the centre.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -17,9 +26,15 @@ def _check(x: torch.Tensor) -> None:
         raise ValueError(f"expected a tensor of shape (..., H, W, 2), got {tuple(x.shape)}")
 
 
+def _exporting() -> bool:
+    return torch.compiler.is_exporting()
+
+
 def fft2c(x: torch.Tensor) -> torch.Tensor:
     """Image -> k-space. ``x``: (..., H, W, 2) -> (..., H, W, 2)."""
     _check(x)
+    if _exporting():
+        return dft2c_matmul(x, inverse=False)
     c = torch.view_as_complex(x.contiguous())
     c = torch.fft.ifftshift(c, dim=_DIMS)
     c = torch.fft.fft2(c, dim=_DIMS, norm="ortho")
@@ -29,7 +44,46 @@ def fft2c(x: torch.Tensor) -> torch.Tensor:
 def ifft2c(x: torch.Tensor) -> torch.Tensor:
     """k-space -> image. ``x``: (..., H, W, 2) -> (..., H, W, 2)."""
     _check(x)
+    if _exporting():
+        return dft2c_matmul(x, inverse=True)
     c = torch.view_as_complex(x.contiguous())
     c = torch.fft.ifftshift(c, dim=_DIMS)
     c = torch.fft.ifft2(c, dim=_DIMS, norm="ortho")
     return torch.view_as_real(torch.fft.fftshift(c, dim=_DIMS))
+
+
+def centred_dft_matrix(
+    n: int | torch.SymInt, inverse: bool, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts (n, n) of the orthonormal centred DFT matrix (symmetric).
+
+    Entry (k, m) is exp(-+2 pi i (k - c)(m - c) / n) / sqrt(n) with c = n // 2: output frequency k and input
+    position m both counted from the centre, which is what the ifftshift/fftshift pair does. The product is
+    reduced modulo n in integers first, so the phase stays exact in float32 for large n.
+    """
+    positions = torch.arange(n, device=device)
+    size = positions[-1:] + 1  # n as a (1,) tensor: exported, a Python-number n would be a symbol
+    centred = positions - size // 2
+    phase = torch.remainder(centred[:, None] * centred[None, :], size).to(dtype) * (2 * math.pi)
+    phase = phase / size.to(dtype)
+    scale = torch.rsqrt(size.to(dtype))
+    sign = 1.0 if inverse else -1.0
+    return torch.cos(phase) * scale, torch.sin(phase) * (sign * scale)
+
+
+def dft2c_matmul(x: torch.Tensor, inverse: bool) -> torch.Tensor:
+    """``fft2c`` (or ``ifft2c`` with ``inverse``) as dense matrix products: F_H X F_W, F symmetric.
+
+    x (..., H, W, 2) -> (..., H, W, 2). O(H W (H + W)) work instead of O(H W log(H W)): use it where the
+    graph must not contain FFTs (export), not for training.
+    """
+    _check(x)
+    h, w = x.shape[-3], x.shape[-2]
+    re, im = x[..., 0], x[..., 1]
+    # Along W: X F_W (F_W symmetric, so no transpose).
+    fr, fi = centred_dft_matrix(w, inverse, x.dtype, x.device)
+    re, im = re @ fr - im @ fi, re @ fi + im @ fr
+    # Along H: F_H X.
+    fr, fi = centred_dft_matrix(h, inverse, x.dtype, x.device)
+    re, im = fr @ re - fi @ im, fr @ im + fi @ re
+    return torch.stack((re, im), dim=-1)

@@ -249,8 +249,9 @@ class Predictor:
 
     Args:
         model: a network called as ``model(kspace, mask, acs_mask)`` (shapes in ``predict_volume``) whose
-            output has ``recon`` (B, H, W) and ``seg_logits`` (B, K, H, W), e.g. ``ReconSegNet``; ``recon`` may
-            be None for a segmentation-only network (the zero-filled image is returned then).
+            output has ``recon`` (B, H, W) and ``seg_logits`` (B, K, H, W): a ``ReconSegNet`` or an exported
+            one run by onnxruntime (``medmtl.onnx_model.OnnxNetwork``, see ``from_onnx``); ``recon`` may be
+            None for a segmentation-only network (the zero-filled image is returned then).
         classes: class names, index = label.
         device: where to run.
         batch_size: slices per forward pass.
@@ -270,7 +271,11 @@ class Predictor:
         if require_segmentation and "seg" not in tasks:
             raise InputError("model", f"has no segmentation task (tasks {list(tasks)}); predictions need one")
         self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
+        if isinstance(model, nn.Module):
+            model = model.eval().to(self.device)
+        elif self.device.type != "cpu":
+            raise InputError("device", f"{self.device} asked for, but an ONNX model runs on the CPU here")
+        self.model = model
         self.classes = tuple(classes)
         self.batch_size = batch_size
         self.segments = "seg" in tasks
@@ -324,6 +329,33 @@ class Predictor:
             )
         except InputError as err:
             raise InputError(path, f"holds a network that {err.what}") from err
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | os.PathLike,
+        batch_size: int = 1,
+        threads: int | None = None,
+        require_segmentation: bool = True,
+    ) -> Predictor:
+        """Load a network exported by ``medmtl export`` (onnxruntime, CPU); the same interface and outputs
+        as ``from_checkpoint`` within the export's verified tolerance. Raises ``InputError(path, what)`` for a
+        missing, corrupt or foreign file or another task's model."""
+        from medmtl.onnx_model import OnnxNetwork
+
+        network = OnnxNetwork(path, threads=threads)
+        try:
+            return cls(
+                network, network.classes, batch_size=batch_size, require_segmentation=require_segmentation
+            )
+        except InputError as err:
+            raise InputError(path, f"holds a network that {err.what}") from err
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **options: Any) -> Predictor:
+        """``from_onnx`` for a ``.onnx`` file, else ``from_checkpoint``; ``options`` go to that one."""
+        loader = cls.from_onnx if Path(path).suffix.lower() == ".onnx" else cls.from_checkpoint
+        return loader(path, **options)
 
     def predict_volume(
         self,

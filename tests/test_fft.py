@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from medmtl.fft import fft2c, ifft2c
+from medmtl.fft import dft2c_matmul, fft2c, ifft2c
 
 
 def _numpy_fft2c(z):
@@ -61,3 +61,29 @@ def test_batched_equals_one_by_one():
 def test_rejects_a_missing_pair_dimension():
     with pytest.raises(ValueError, match=r"\(\.\.\., H, W, 2\)"):
         fft2c(torch.zeros(4, 4, 3))
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, (2, 197, 233)])
+def test_matrix_formulation_matches_the_fft(shape):
+    """The formulation the exported graph uses (DFT matrices from the sizes) equals torch.fft's."""
+    x = torch.randn(*shape, 2, generator=torch.Generator().manual_seed(2))
+    scale = x.abs().max()
+    torch.testing.assert_close(dft2c_matmul(x, inverse=False), fft2c(x), atol=1e-5 * scale, rtol=0)
+    torch.testing.assert_close(dft2c_matmul(x, inverse=True), ifft2c(x), atol=1e-5 * scale, rtol=0)
+
+
+def test_export_traces_the_matrix_formulation():
+    """Under torch.export the graph holds matrix products and no FFT, for symbolic H and W."""
+
+    class Round(torch.nn.Module):
+        def forward(self, x):
+            return ifft2c(fft2c(x) * 2)
+
+    x = torch.randn(3, 6, 5, 2)
+    auto = torch.export.Dim.AUTO
+    program = torch.export.export(Round(), (x,), dynamic_shapes=({0: auto, 1: auto, 2: auto},))
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not [op for op in ops if "fft" in op], ops
+    assert any("matmul" in op or "bmm" in op or "mm" in op for op in ops), ops
+    y = torch.randn(2, 9, 7, 2)
+    torch.testing.assert_close(program.module()(y), 2 * y, atol=1e-5, rtol=0)

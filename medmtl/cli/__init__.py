@@ -34,7 +34,7 @@ LIGHTNING_COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medmtl.cli import checkpoint, data, recon_seg
+    from medmtl.cli import checkpoint, data, export, recon_seg
 
     parser = OneLineParser(prog="medmtl", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"medmtl {__version__}")
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.register(sub)
     recon_seg.register(sub)
     checkpoint.register(sub)
+    export.register(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``medmtl recon-seg``: reconstruct and segment k-space files with a trained checkpoint.
+"""``medmtl recon-seg``: reconstruct and segment k-space files with a trained checkpoint or its ONNX export.
 
 For every input file it writes ``OUTPUT/<name>.h5`` with ``reconstruction`` (S, H, W) float32 in the
 intensity units of the input's coil-combined image, ``segmentation`` (S, H, W) uint8 and the attribute
@@ -20,8 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="reconstruct and segment k-space files with a checkpoint",
         description=__doc__.split("\n\n", 1)[1].replace("``", "`"),
     )
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by `medmtl fit`"
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint written by `medmtl fit`")
+    model.add_argument(
+        "--onnx", metavar="MODEL.onnx", help="a model written by `medmtl export` (onnxruntime, CPU)"
     )
     parser.add_argument(
         "--input", required=True, nargs="+", metavar="DIR_OR_FILE", help="k-space .h5 file(s) or folder(s)"
@@ -53,8 +55,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise InputError("--batch-size", f"must be at least 1, got {args.batch_size}")
-    device = _device(args.device)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=device, batch_size=args.batch_size)
+    if args.onnx:
+        if args.device not in ("auto", "cpu"):
+            raise InputError("--device", f"{args.device!r}: an ONNX model runs on the CPU here")
+        predictor = Predictor.from_onnx(args.onnx, batch_size=args.batch_size)
+    else:
+        device = _device(args.device)
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=device, batch_size=args.batch_size)
 
     files = expand_kspace_paths(args.input)
     output = Path(args.output)

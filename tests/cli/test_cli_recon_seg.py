@@ -23,11 +23,17 @@ from medmtl.models.recon_seg import ReconSegNet
 CLASS_PATH = "medmtl.models.recon_seg.ReconSegNet"
 
 
-
-def save_checkpoint(path: Path, init_args: dict, state_from: dict | None = None, **hparams) -> Path:
-    """A checkpoint shaped like the ones `medmtl fit` writes: LightningCLI's config in ``hyper_parameters``."""
+def save_checkpoint(
+    path: Path, init_args: dict, state_from: dict | None = None, perturb: float = 0.0, **hparams
+) -> Path:
+    """A checkpoint shaped like the ones `medmtl fit` writes: LightningCLI's config in ``hyper_parameters``.
+    ``perturb`` adds that much Gaussian noise to every weight (the zero-initialised heads would otherwise
+    hide the regularisers)."""
     torch.manual_seed(0)
     net = ReconSegNet(**(state_from or init_args))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(perturb * torch.randn_like(p))
     torch.save(
         {
             "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
