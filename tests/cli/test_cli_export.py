@@ -4,6 +4,7 @@ broken or foreign files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -179,3 +180,12 @@ def test_reduced_precision_exports_verify_and_run(exported, tmp_path, flag, prec
     errors = compare(net, OnnxNetwork(output), "t", random_case(2, 3, 41, 33, seed=7))
     tolerance = export_module.TOLERANCES[precision]
     assert errors.recon_max_rel <= tolerance.recon_rel and errors.seg_agreement >= tolerance.seg_agreement
+
+
+def test_shipped_onnx_is_the_export_of_the_shipped_checkpoint():
+    folder = Path(__file__).resolve().parents[2] / "models" / "recon_seg_mni"
+    metadata = read_metadata(folder / "model.onnx")
+    digest = hashlib.sha256((folder / "model.ckpt").read_bytes()).hexdigest()
+    assert metadata[META_SOURCE] == f"model.ckpt sha256:{digest}"
+    for case in json.loads(metadata[META_VERIFICATION]):
+        assert case["recon_max_rel"] <= 1e-4 and case["seg_agreement"] >= 0.999
