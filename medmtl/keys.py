@@ -18,6 +18,18 @@ key                   shape                        meaning
 ``fname``             str                          source file name
 ``slice_idx``         int                          slice index in the source file
 ====================  ===========================  =====================================================
+
+A lesion sample (one key slice with its 2.5D context, N lesions on that slice, T tags) holds:
+
+====================  ===========================  =====================================================
+``context``           (S, H, W) float32            S neighbouring slices at a fixed interval, centre = key
+``boxes``             (N, 4) float32               (i0, j0, i1, j1) half-open pixel boxes on the key slice
+``tags``              (N, T) float32               multi-hot tag labels
+``instance_masks``    (N, H, W) uint8              one mask per lesion on the key slice
+``diameters``         (N, 2) float32               long and short axis in mm (NaN when unknown)
+``pixel_spacing``     (2,) float32                 in-plane pixel size in mm along H and W
+``slice_position``    () float32                   key slice position in the volume, 0 = first, 1 = last
+====================  ===========================  =====================================================
 """
 
 from enum import Enum
@@ -36,6 +48,13 @@ class Keys(str, Enum):
     ACCELERATION = "acceleration"
     FNAME = "fname"
     SLICE = "slice_idx"
+    CONTEXT = "context"
+    BOXES = "boxes"
+    TAGS = "tags"
+    MASKS = "instance_masks"
+    DIAMETERS = "diameters"
+    PIXEL_SPACING = "pixel_spacing"
+    SLICE_POSITION = "slice_position"
 
     def __str__(self) -> str:
         return self.value

@@ -1,0 +1,87 @@
+"""Lesion tag files: a JSON vocabulary of tag names and, per lesion, the indices of its tags.
+
+Schema (``<section>`` is ``"lesions"`` for DeepLesion, keyed by the 0-based data row of ``DL_info.csv``, or
+``"instances"`` for NIfTI instance labels, keyed by the label value)::
+
+    {"tag_names": ["liver", "lung", "lymph node"],
+     "<section>": {"0": [0, 2], "17": [1]}}
+
+``tag_names`` are distinct non-empty strings (index = tag id). A key is a decimal integer written without
+signs, spaces or leading zeros; a value is a list of tag ids (or one id, as nnDetection writes one class per
+instance). Lesions the file does not list have no tags. MULAN's released tag files hold the same
+information (a term list and, per DL_info row, the relevant tag ids) and map onto this schema directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from medmtl.errors import InputError
+
+TAG_NAMES_KEY = "tag_names"  # the JSON key of the vocabulary
+# Largest tag file read: MULAN's 171-tag file for all 32,735 DeepLesion lesions is a few MB.
+MAX_TAGS_JSON_BYTES = 64 << 20
+MAX_TAGS = 4096
+
+
+def _key(path: Path, section: str, key: str) -> int:
+    if not (key.isascii() and key.isdigit()) or (len(key) > 1 and key[0] == "0") or len(key) > 18:
+        raise InputError(path, f"`{section}` key {key[:40]!r} is not a non-negative integer")
+    return int(key)
+
+
+def _tag_ids(path: Path, where: str, value: object, count: int) -> tuple[int, ...]:
+    items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(items, list) or any(type(tag) is not int for tag in items):
+        raise InputError(path, f"{where} is {str(value)[:60]}; expected a list of tag ids (integers)")
+    bad = [tag for tag in items if not 0 <= tag < count]
+    if bad:
+        raise InputError(
+            path, f"{where} has tag id {bad[0]}; `{TAG_NAMES_KEY}` has {count} names (ids 0..{count - 1})"
+        )
+    return tuple(sorted(set(items)))
+
+
+def read_tags_json(
+    path: str | os.PathLike, section: str
+) -> tuple[tuple[str, ...], dict[int, tuple[int, ...]]]:
+    """Read a tag file. Returns (tag names, {key: sorted distinct tag ids}).
+
+    The caller checks that every key names a lesion that exists. Any problem raises ``InputError`` naming
+    the file.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise InputError(path, "is a folder, not a tag file")
+        if size > MAX_TAGS_JSON_BYTES:
+            raise InputError(path, f"is {size} bytes, above the tag file limit of {MAX_TAGS_JSON_BYTES}")
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError as err:
+        raise InputError(path, "no such file") from err
+    except OSError as err:
+        raise InputError(path, f"cannot be read ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"is not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except (ValueError, RecursionError) as err:
+        raise InputError(path, f"is not valid JSON ({str(err).splitlines()[0][:120]})") from err
+    if not isinstance(data, dict):
+        raise InputError(path, f"holds a JSON {type(data).__name__}; expected an object")
+    names = data.get(TAG_NAMES_KEY)
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise InputError(path, f"`{TAG_NAMES_KEY}` must be a list of non-empty strings")
+    if len(names) > MAX_TAGS:
+        raise InputError(path, f"`{TAG_NAMES_KEY}` has {len(names)} names, above the limit of {MAX_TAGS}")
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise InputError(path, f"`{TAG_NAMES_KEY}` names {twice[:60]!r} twice")
+    table = data.get(section, {})
+    if not isinstance(table, dict):
+        raise InputError(path, f"`{section}` is a JSON {type(table).__name__}; expected an object")
+    tags = {}
+    for key, value in table.items():
+        tags[_key(path, section, key)] = _tag_ids(path, f"`{section}[{key!r}]`", value, len(names))
+    return tuple(names), tags
