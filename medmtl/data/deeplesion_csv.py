@@ -35,6 +35,7 @@ import numpy as np
 
 from medmtl.data.lesion_geometry import recist_diameters_mm
 from medmtl.errors import InputError
+from medmtl.io.text import read_text
 
 COLUMNS = (
     "File_name",
@@ -202,25 +203,9 @@ def _parse_row(fields: _Fields, row: int) -> LesionRow:
     )
 
 
-def _text(path: Path) -> str:
-    try:
-        if path.is_dir():
-            raise InputError(path, "is a folder, not DL_info.csv")
-        size = path.stat().st_size
-        if size > MAX_CSV_BYTES:
-            raise InputError(path, f"is {size} bytes, above the limit of {MAX_CSV_BYTES}")
-        return path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError as err:
-        raise InputError(path, "no such file") from err
-    except OSError as err:
-        raise InputError(path, f"cannot be read ({err.strerror or err})") from err
-    except UnicodeDecodeError as err:
-        raise InputError(path, f"is not UTF-8 text ({err.reason} at byte {err.start})") from err
-
-
 def read_dl_info(path: Path) -> list[LesionRow]:
     """All rows of a DL_info.csv, validated, in file order. Raises ``InputError`` for the first problem."""
-    reader = csv.reader(io.StringIO(_text(path), newline=""))
+    reader = csv.reader(io.StringIO(read_text(path, MAX_CSV_BYTES, "DL_info.csv", "utf-8-sig"), newline=""))
     try:
         header = [name.strip() for name in next(reader, [])]
         if not any(header):

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from medmtl.errors import InputError
+from medmtl.io.text import read_text
 
 TAG_NAMES_KEY = "tag_names"  # the JSON key of the vocabulary
 # Largest tag file read: MULAN's 171-tag file for all 32,735 DeepLesion lesions is a few MB.
@@ -53,19 +54,9 @@ def read_tags_json(
     the file.
     """
     path = Path(path)
+    text = read_text(path, MAX_TAGS_JSON_BYTES, "a tag file")
     try:
-        size = path.stat().st_size
-        if path.is_dir():
-            raise InputError(path, "is a folder, not a tag file")
-        if size > MAX_TAGS_JSON_BYTES:
-            raise InputError(path, f"is {size} bytes, above the tag file limit of {MAX_TAGS_JSON_BYTES}")
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError as err:
-        raise InputError(path, "no such file") from err
-    except OSError as err:
-        raise InputError(path, f"cannot be read ({err.strerror or err})") from err
-    except UnicodeDecodeError as err:
-        raise InputError(path, f"is not UTF-8 text ({err.reason} at byte {err.start})") from err
+        data = json.loads(text)
     except (ValueError, RecursionError) as err:
         raise InputError(path, f"is not valid JSON ({str(err).splitlines()[0][:120]})") from err
     if not isinstance(data, dict):
