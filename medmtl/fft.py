@@ -64,11 +64,13 @@ def centred_dft_matrix(
     positions = torch.arange(n, device=device)
     size = positions[-1:] + 1  # n as a (1,) tensor: exported, a Python-number n would be a symbol
     centred = positions - size // 2
-    phase = torch.remainder(centred[:, None] * centred[None, :], size).to(dtype) * (2 * math.pi)
-    phase = phase / size.to(dtype)
-    scale = torch.rsqrt(size.to(dtype))
+    # Phases and their cosines in float32 at least, whatever ``dtype`` (a float16 phase is off by 1e-3 rad).
+    work = torch.promote_types(dtype, torch.float32)
+    phase = torch.remainder(centred[:, None] * centred[None, :], size).to(work) * (2 * math.pi)
+    phase = phase / size.to(work)
+    scale = torch.rsqrt(size.to(work))
     sign = 1.0 if inverse else -1.0
-    return torch.cos(phase) * scale, torch.sin(phase) * (sign * scale)
+    return (torch.cos(phase) * scale).to(dtype), (torch.sin(phase) * (sign * scale)).to(dtype)
 
 
 def dft2c_matmul(x: torch.Tensor, inverse: bool) -> torch.Tensor:
