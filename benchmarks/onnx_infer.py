@@ -26,24 +26,11 @@ from pathlib import Path
 
 import torch
 
-from medmtl.data.mni import SimulationOptions
-from medmtl.data.online import SimulatedKSpaceDataset
-from medmtl.export import export_onnx, format_report
+from medmtl.export import export_onnx, format_report, real_case
 from medmtl.inference import Predictor
-from medmtl.keys import Keys
 from medmtl.onnx_model import OnnxNetwork
-from medmtl.transforms.acs import acs_mask_from_mask
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "recon_seg_mni" / "model.ckpt"
-
-
-def timing_input(coils: int, size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-    options = SimulationOptions(num_coils=coils, size=size)
-    sample = SimulatedKSpaceDataset(split="val", options=options, seed=0)[0]
-    mask = sample[Keys.MASK]
-    h = size[0]
-    rows = [m[None].expand(1, 1, h, -1, 1).contiguous() for m in (mask, acs_mask_from_mask(mask))]
-    return sample[Keys.KSPACE][None], *rows
 
 
 def median_time(fn, runs: int, warmup: int) -> float:
@@ -71,7 +58,7 @@ def main() -> None:
 
     predictor = Predictor.from_checkpoint(args.checkpoint, require_segmentation=False)
     net = predictor.model
-    inputs = timing_input(args.coils, tuple(args.size))
+    inputs = real_case(num_coils=args.coils, size=tuple(args.size))
 
     def eager():
         with torch.no_grad():
@@ -94,7 +81,10 @@ def main() -> None:
             print(format_report(report))
             onnx_net = OnnxNetwork(path, threads=args.threads)
             rows.append(
-                (f"onnxruntime {precision}", median_time(lambda n=onnx_net: n(*inputs), args.runs, args.warmup))
+                (
+                    f"onnxruntime {precision}",
+                    median_time(lambda n=onnx_net: n(*inputs), args.runs, args.warmup),
+                )
             )
 
     eager_time = rows[0][1]

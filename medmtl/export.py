@@ -39,13 +39,12 @@ from medmtl.onnx_model import (
     META_TASKS,
     META_VERIFICATION,
     META_VERSION,
-    RECON_OUTPUT,
     RECON_SEG_INPUT_DOC,
     RECON_SEG_INPUTS,
     RECON_SEG_NORMALISATION,
-    SEG_OUTPUT,
     TASK_RECON_SEG,
     OnnxNetwork,
+    output_names,
 )
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -143,14 +142,18 @@ def _trace_inputs() -> tuple[torch.Tensor, ...]:
     return torch.randn(b, c, h, w, 2, generator=gen) * mask, mask, acs
 
 
-def real_case(num_coils: int = 8, index: int = 0, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """A seeded validation slice of the default MNI data (4x equispaced, 0.08 centre) as graph inputs."""
+def real_case(
+    num_coils: int = 8, index: int = 0, seed: int = 0, size: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, ...]:
+    """A seeded validation slice of the default MNI data (4x equispaced, 0.08 centre) as graph inputs, at
+    the template's matrix or padded/cropped to ``size``."""
     from medmtl.data.mni import SimulationOptions
     from medmtl.data.online import SimulatedKSpaceDataset
     from medmtl.keys import Keys
     from medmtl.transforms.acs import acs_mask_from_mask
 
-    dataset = SimulatedKSpaceDataset(split="val", options=SimulationOptions(num_coils=num_coils), seed=seed)
+    options = SimulationOptions(num_coils=num_coils, size=size)
+    dataset = SimulatedKSpaceDataset(split="val", options=options, seed=seed)
     sample = dataset[index]
     kspace, mask = sample[Keys.KSPACE][None], sample[Keys.MASK]
     h = kspace.shape[2]
@@ -196,7 +199,6 @@ def _failures(case: CaseErrors, tol: Tolerance) -> list[str]:
 
 
 def _metadata(graph: ReconSegGraph, classes, precision: str, source: str) -> dict[str, str]:
-    outputs = [RECON_OUTPUT] * ("recon" in graph.tasks) + [SEG_OUTPUT] * ("seg" in graph.tasks)
     return {
         META_FORMAT: FORMAT_VERSION,
         META_VERSION: __version__,
@@ -204,7 +206,7 @@ def _metadata(graph: ReconSegGraph, classes, precision: str, source: str) -> dic
         META_TASKS: json.dumps(list(graph.tasks)),
         META_CLASSES: json.dumps(list(classes)),
         META_INPUTS: json.dumps(RECON_SEG_INPUT_DOC),
-        META_OUTPUTS: json.dumps(outputs),
+        META_OUTPUTS: json.dumps(output_names(graph.tasks)),
         META_NORMALISATION: RECON_SEG_NORMALISATION,
         META_PRECISION: precision,
         META_SOURCE: source,
@@ -263,8 +265,7 @@ def export_onnx(
                 dynamo=True,
                 dynamic_shapes=dynamic,
                 input_names=list(RECON_SEG_INPUTS),
-                output_names=[RECON_OUTPUT] * ("recon" in graph.tasks)
-                + [SEG_OUTPUT] * ("seg" in graph.tasks),
+                output_names=output_names(graph.tasks),
                 opset_version=opset,
                 verbose=False,
             )
@@ -272,11 +273,10 @@ def export_onnx(
         except (torch.onnx.OnnxExporterError, RuntimeError) as err:
             detail = " ".join(str(err).split())[:300]
             raise ExportError(f"cannot export {type(net).__name__}: {detail}") from err
-        metadata = _metadata(graph, classes, precision, source)
-        _set_metadata(staged, metadata)
         if precision == "int8":
             _quantize(staged)
-            _set_metadata(staged, metadata)
+        metadata = _metadata(graph, classes, precision, source)
+        _set_metadata(staged, metadata)
         onnx_net = OnnxNetwork(staged)
         cases = cases if cases is not None else {"real": real_case(), "random": random_case()}
         results = tuple(compare(net, onnx_net, name, inputs) for name, inputs in cases.items())

@@ -54,6 +54,11 @@ RECON_SEG_NORMALISATION = (
 )
 
 
+def output_names(tasks) -> list[str]:
+    """The graph outputs of a recon+seg network with these tasks, in order."""
+    return [RECON_OUTPUT] * ("recon" in tasks) + [SEG_OUTPUT] * ("seg" in tasks)
+
+
 class OnnxOutput(NamedTuple):
     """What ``OnnxNetwork`` returns, named like ``ReconSegOutput`` so ``Predictor`` takes either.
 
@@ -67,7 +72,10 @@ class OnnxOutput(NamedTuple):
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX file, checked to be a medmtl export. Raises ``InputError``."""
-    return _open(Path(path), threads=1)[1]
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "is a folder, not an ONNX file" if path.is_dir() else "no such ONNX file")
+    return _metadata(path)
 
 
 def _open(path: Path, threads: int) -> tuple[Any, dict[str, str]]:
@@ -152,7 +160,7 @@ class OnnxNetwork:
                 self.path, f"has graph inputs {inputs}; a recon-seg export has {expected} (name, rank)"
             )
         self.outputs = [o.name for o in self.session.get_outputs()]
-        wanted = [RECON_OUTPUT] * ("recon" in self.tasks) + [SEG_OUTPUT] * ("seg" in self.tasks)
+        wanted = output_names(self.tasks)
         if self.outputs != wanted:
             raise InputError(
                 self.path, f"has graph outputs {self.outputs}; its tasks {list(self.tasks)} need {wanted}"
