@@ -27,8 +27,14 @@ Every step's weights, training losses and periodic test losses go to a JSON log;
     .venv/bin/python benchmarks/balancing.py --out runs/balancing/log.json
     .venv/bin/python benchmarks/balancing_plot.py runs/balancing/log.json runs/balancing/curves.png
 
-``--recon-seg`` (the real joint reconstruction + segmentation run at equal budget) needs
-``medmtl.lightning.MultitaskModule``, which does not exist yet.
+``--recon-seg`` runs the real joint reconstruction + segmentation training instead, once per balancer at an
+equal budget: ``medmtl fit -c configs/recon_seg_mni.yaml -c configs/recon_seg_compare.yaml`` plus a layer that
+sets the balancer, short epochs (so that DWA and CoBa, which act per epoch, reweight several times) and a
+validation per epoch (CoBa's input). Same seed, same draws, same steps for every row. Every final checkpoint
+then goes through ``benchmarks/recon_seg_eval.py`` (whole validation slices, 4x and 8x); the training step
+time and peak memory come from ``medmtl.lightning.StepTimer``.
+
+    .venv/bin/python benchmarks/balancing.py --recon-seg --out runs/balancing_rs   # about 45 min, 2 cores
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -365,6 +372,133 @@ def table(problem: Problem, result: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ real recon + seg
+
+_TASKS = ["recon", "seg"]
+RECON_SEG_BALANCERS: dict[str, dict] = {
+    "fixed": {"class_path": "medmtl.balancing.FixedWeights"},
+    "uncertainty": {
+        "class_path": "medmtl.balancing.UncertaintyWeighting",
+        "init_args": {"tasks": _TASKS, "task_types": {"recon": "regression", "seg": "classification"}},
+    },
+    "dwa": {"class_path": "medmtl.balancing.DynamicWeightAverage", "init_args": {"tasks": _TASKS}},
+    "gradnorm": {"class_path": "medmtl.balancing.GradNorm", "init_args": {"tasks": _TASKS}},
+    "coba": {"class_path": "medmtl.balancing.CoBa", "init_args": {"tasks": _TASKS}},
+    "pcgrad": {"class_path": "medmtl.balancing.PCGrad", "init_args": {"tasks": _TASKS}},
+}
+
+
+def recon_seg_layer(method: str, run: Path, steps: int, epoch_steps: int) -> dict:
+    """The config layered last for one balancer (JSON is YAML): balancer, output folder and budget."""
+    return {
+        "trainer": {
+            "max_steps": steps,
+            "val_check_interval": epoch_steps,
+            "limit_val_batches": 2,
+            "default_root_dir": str(run),
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(run.parent), "name": run.name, "version": ""},
+            },
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"save_last": True, "save_top_k": 0, "enable_version_counter": False},
+                },
+                {"class_path": "medmtl.lightning.MetricsJSON"},
+                {"class_path": "medmtl.lightning.StepTimer"},
+            ],
+        },
+        "model": {
+            "balancer": RECON_SEG_BALANCERS[method],
+            "scheduler": {
+                "class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                "init_args": {"T_max": steps},
+            },
+        },
+        # batch 2 (recon_seg_compare.yaml): an epoch of epoch_steps steps.
+        "data": {"samples_per_epoch": 2 * epoch_steps},
+    }
+
+
+def final_weights(run: Path) -> dict[str, float]:
+    """The last logged ``train/weight_<task>`` of a run's metrics.csv."""
+    import csv
+
+    last: dict[str, float] = {}
+    with open(run / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            for t in _TASKS:
+                value = row.get(f"train/weight_{t}")
+                if value:
+                    last[t] = float(value)
+    return last
+
+
+def recon_seg(out: Path, args: argparse.Namespace) -> int:
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from recon_seg_eval import evaluate
+
+    repo = Path(__file__).resolve().parent.parent
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    methods = list(dict.fromkeys(["fixed", *args.rs_methods]))
+    checkpoints, timing, weights = {}, {}, {}
+    for method in methods:
+        run = out / method
+        layer = out / f"{method}.yaml"
+        layer.write_text(
+            json.dumps(recon_seg_layer(method, run, args.rs_steps, args.rs_epoch_steps), indent=1)
+        )
+        cmd = [sys.executable, "-m", "medmtl.cli", "fit", "-c", "configs/recon_seg_mni.yaml"]
+        cmd += ["-c", "configs/recon_seg_compare.yaml", "-c", str(layer)]
+        print(f"== {method}: {' '.join(cmd[2:])}", flush=True)
+        subprocess.run(cmd, cwd=repo, check=True)
+        checkpoints[method] = run / "checkpoints" / "last.ckpt"
+        timing[method] = json.loads((run / "step_times.json").read_text())
+        weights[method] = final_weights(run)
+    rows = evaluate(checkpoints, [4.0, 8.0], max(args.threads, min(os.cpu_count() or 1, 2)))
+    result = {"steps": args.rs_steps, "epoch_steps": args.rs_epoch_steps, "rows": rows}
+    result["timing"] = {m: {k: v for k, v in t.items() if k != "seconds"} for m, t in timing.items()}
+    result["final_weights"] = weights
+    with atomic_path(out / "balancing_recon_seg.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+    print()
+    print(recon_seg_table(result))
+    return 0
+
+
+def recon_seg_table(result: dict) -> str:
+    by = {(r["method"], r["acceleration"]): r for r in result["rows"]}
+    timing, weights = result["timing"], result["final_weights"]
+    base = timing["fixed"]["median_s"]
+    lines = [
+        f"Equal budget: {result['steps']} steps, epochs of {result['epoch_steps']} steps, joint mode, "
+        f"batch 2, 128 x 128 windows; fixed takes {base:.2f} s/step",
+        "| balancer | 4x SSIM | 4x PSNR | 4x Dice GM / WM | 8x SSIM | 8x PSNR | 8x Dice GM / WM "
+        "| final weights recon / seg | time/step vs fixed | peak RSS MiB |",
+        "|---" * 10 + "|",
+    ]
+    for method, t in timing.items():
+        cells = []
+        for accel in (4.0, 8.0):
+            r = by[(method, accel)]
+            cells += [f"{r['ssim']:.3f}", f"{r['psnr']:.2f}", f"{r['dice_gm']:.3f} / {r['dice_wm']:.3f}"]
+        w = weights.get(method, {})
+        ws = " / ".join(f"{w[k]:.3g}" for k in _TASKS if k in w) or "-"
+        lines.append(
+            f"| {method} | "
+            + " | ".join(cells)
+            + f" | {ws} | {t['median_s'] / base:.2f} | {t['peak_rss_mib']:.0f} |"
+        )
+    for accel in (4.0, 8.0):
+        r = by[("zero-filled", accel)]
+        lines.append(f"(zero-filled {accel:g}x: SSIM {r['ssim']:.3f}, PSNR {r['psnr']:.2f})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
@@ -379,21 +513,24 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch intra-op threads (tiny tensors: 1 is fastest)"
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("runs/balancing/log.json"), help="JSON log for the plot"
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON log for the plot (default runs/balancing/log.json); with --recon-seg, the runs folder "
+        "(default runs/balancing_recon_seg)",
     )
     parser.add_argument(
-        "--recon-seg",
-        action="store_true",
-        help="the real recon+seg run at equal budget (needs medmtl.lightning.MultitaskModule)",
+        "--recon-seg", action="store_true", help="the real recon+seg training at equal budget, per balancer"
+    )
+    parser.add_argument("--rs-steps", type=int, default=300, help="--recon-seg: training steps per balancer")
+    parser.add_argument("--rs-epoch-steps", type=int, default=20, help="--recon-seg: steps per epoch")
+    parser.add_argument(
+        "--rs-methods", nargs="+", default=list(RECON_SEG_BALANCERS), choices=list(RECON_SEG_BALANCERS)
     )
     args = parser.parse_args(argv)
     if args.recon_seg:
-        print(
-            "balancing.py: --recon-seg needs medmtl.lightning.MultitaskModule (the joint recon+seg issue), "
-            "which does not exist yet; no numbers are produced for it.",
-            file=sys.stderr,
-        )
-        return 2
+        return recon_seg(args.out or Path("runs/balancing_recon_seg"), args)
+    args.out = args.out or Path("runs/balancing/log.json")
     if "fixed" not in args.methods:
         args.methods.insert(0, "fixed")  # the time reference
     torch.set_num_threads(args.threads)

@@ -29,6 +29,7 @@ A lesion sample (one key slice with its 2.5D context, N lesions on that slice, T
 ``diameters``         (N, 2) float32               long and short axis in mm (NaN when unknown)
 ``pixel_spacing``     (2,) float32                 in-plane pixel size in mm along H and W
 ``slice_position``    () float32                   key slice position in the volume, 0 = first, 1 = last
+``clinical``          (E,) float32                 non-imaging inputs of the score refinement (e.g. age, sex)
 ====================  ===========================  =====================================================
 """
 
@@ -55,6 +56,7 @@ class Keys(str, Enum):
     DIAMETERS = "diameters"
     PIXEL_SPACING = "pixel_spacing"
     SLICE_POSITION = "slice_position"
+    CLINICAL = "clinical"
 
     def __str__(self) -> str:
         return self.value

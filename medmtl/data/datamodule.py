@@ -1,4 +1,5 @@
-"""``MultitaskDataModule``: the simulated MNI152 default data, or folders of k-space HDF5 files.
+"""``MultitaskDataModule``: the simulated MNI152 default data, or folders of k-space HDF5 files; or, with
+``lesions``, lesion volumes (``medmtl.data.lesion_data``).
 
 Each stage takes its folder when one is given (``train_dir``, ``val_dir``, ``test_dir``, ``predict_dir``, read
 through ``KSpaceSliceDataset``) and otherwise, for ``fit`` and ``validate``, the online simulator
@@ -31,10 +32,13 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from medmtl.data.files import KSpaceSliceDataset
+from medmtl.data.lesion_data import LesionData, lesion_dataset
+from medmtl.data.lesion_dataset import collate_lesion_samples
 from medmtl.data.mni import SimulationOptions, parse_slices, split_slices
 from medmtl.data.online import EpochSampler, SimulatedKSpaceDataset, item_seed
 from medmtl.errors import ConfigError
 from medmtl.keys import Keys
+from medmtl.transforms.context import DEFAULT_INTERVAL_MM, DEFAULT_NUM_SLICES
 from medmtl.transforms.intensity import NormalizeKSpaced
 from medmtl.transforms.masks import RandKSpaceMaskd
 
@@ -104,6 +108,9 @@ class MultitaskDataModule(LightningDataModule):
             file's stored (or derived) mask is used.
         seed: base seed of every random draw.
         pin_memory, persistent_workers: passed to the DataLoaders.
+        lesions: lesion data instead of k-space (``LesionData``: simulated, NIfTI or DeepLesion volumes);
+            the k-space arguments are then unused, ``samples_per_epoch`` counts training slices, and the
+            slice layout and intensity window come from the network being trained (its input contract).
     """
 
     def __init__(
@@ -125,6 +132,7 @@ class MultitaskDataModule(LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        lesions: LesionData | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -144,7 +152,9 @@ class MultitaskDataModule(LightningDataModule):
         self.seed = seed
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
-        self._check_disjoint()
+        self.lesions = lesions
+        if lesions is None:
+            self._check_disjoint()
         self.datasets: dict[str, Dataset] = {}
         self._resume_at: tuple[int, int] | None = None  # (epoch, keys consumed) from a checkpoint
 
@@ -183,7 +193,25 @@ class MultitaskDataModule(LightningDataModule):
         # Prediction keeps plain indices and Lightning's sampler (one device, see PredictionWriter).
         return files if stage == "predict" else KeyedFiles(files, self.seed)
 
+    def _lesion_dataset(self, stage: str) -> Dataset:
+        if stage == "predict":
+            raise ConfigError(
+                "predict", "lesion models predict volumes with `medmtl lesion`, not `medmtl predict`"
+            )
+        model = getattr(getattr(self.trainer, "lightning_module", None), "model", None)
+        return lesion_dataset(
+            self.lesions,
+            stage,
+            self.seed,
+            self.samples_per_epoch,
+            num_slices=getattr(model, "num_slices", DEFAULT_NUM_SLICES),
+            interval_mm=getattr(model, "interval_mm", DEFAULT_INTERVAL_MM),
+            window=getattr(model, "window", None),
+        )
+
     def _dataset(self, stage: str) -> Dataset:
+        if self.lesions is not None:
+            return self._lesion_dataset(stage)
         if self.dirs[stage] is not None:
             return self._file_dataset(stage)
         if stage not in ("train", "val"):
@@ -241,7 +269,7 @@ class MultitaskDataModule(LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=collate_samples,
+            collate_fn=collate_samples if self.lesions is None else collate_lesion_samples,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             # Gives each worker its own random state (the simulator and KeyedFiles reseed per item anyway).

@@ -132,6 +132,42 @@ class LesionSliceDataset(Dataset):
         return slice_sample(volume, k, self.num_slices, self.interval_mm, self.window)
 
 
+class KeySliceDataset(Dataset):
+    """The evaluation images of lesion volumes: the key slice of every lesion (the DeepLesion protocol, where
+    every evaluated image is a key slice), and the middle slice of each volume without lesions (so that
+    false positives on lesion-free volumes count too). Items follow ``slice_sample``; a key slice shared by
+    two lesions is one image. Volumes are listed at construction (every one is read once).
+
+    Args: as ``LesionSliceDataset``'s ``volumes``, ``num_slices``, ``interval_mm`` and ``window``.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[LesionVolume],
+        num_slices: int = DEFAULT_NUM_SLICES,
+        interval_mm: float = DEFAULT_INTERVAL_MM,
+        window: tuple[float, float] | None = None,
+    ):
+        if len(volumes) < 1:
+            raise ConfigError("volumes", "need at least one volume")
+        check_context_layout(num_slices, interval_mm)
+        self.volumes = volumes
+        self.num_slices, self.interval_mm, self.window = int(num_slices), float(interval_mm), window
+        self.items: list[tuple[int, int]] = []
+        for v in range(len(volumes)):
+            volume = volumes[v]
+            keys = sorted({lesion.key_slice for lesion in volume.lesions})
+            self.items += [(v, k) for k in keys] or [(v, volume.image.shape[2] // 2)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index = key[1] if isinstance(key, tuple) else key
+        v, k = self.items[index]
+        return slice_sample(self.volumes[v], k, self.num_slices, self.interval_mm, self.window)
+
+
 def slice_sample(
     volume: LesionVolume,
     k: int,

@@ -1,6 +1,6 @@
 """The Lightning layer: ``MultitaskModule``, its callbacks, PNG panels and the ``medmtl fit|validate|test|predict`` CLI."""
 
-from medmtl.lightning.callbacks import MetricsJSON, PredictionWriter
+from medmtl.lightning.callbacks import MetricsJSON, PredictionWriter, StepTimer
 from medmtl.lightning.module import MultitaskModule
 
-__all__ = ["MetricsJSON", "MultitaskModule", "PredictionWriter"]
+__all__ = ["MetricsJSON", "MultitaskModule", "PredictionWriter", "StepTimer"]

@@ -3,7 +3,7 @@
 ``MetricsJSON`` writes the logged metrics at the end of ``fit``, ``validate`` and ``test`` into one JSON file
 (one entry per command, so a validation run does not erase the training run's numbers) and prints where the
 run's outputs are. ``PredictionWriter`` writes the predictions file of DESIGN.md for every input file of
-``medmtl predict``.
+``medmtl predict``. ``StepTimer`` writes the wall time of every training step and the peak memory of the run.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
+import statistics
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -97,6 +100,74 @@ class MetricsJSON(Callback):
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._write(trainer, pl_module, "test")
+
+
+class StepTimer(Callback):
+    """Times every training step and writes ``<log_dir>/step_times.json`` at the end of ``fit``.
+
+    A step is timed from ``on_train_batch_start`` to ``on_train_batch_end``: the forward pass, the balancer,
+    the backward pass and the optimiser step, without data loading, validation or checkpointing. The file
+    holds ``seconds`` (every step of this process, in order), their ``median_s`` and ``mean_s`` over all but
+    the first ``skip`` steps (warm-up), ``peak_rss_mib`` (the process's peak resident memory, from
+    ``getrusage``; dataloader workers are other processes and are not counted) and, on CUDA,
+    ``peak_cuda_mib`` (``torch.cuda.max_memory_allocated``). Rank 0 writes; other ranks' times are not kept.
+
+    Args:
+        path: output file; default ``<log_dir>/step_times.json``.
+        skip: leading steps left out of the median and mean.
+    """
+
+    def __init__(self, path: str | None = None, skip: int = 5):
+        self.path = path
+        self.skip = int(skip)
+        self.seconds: list[float] = []
+        self._start: float | None = None
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._start is None:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        self.seconds.append(time.perf_counter() - self._start)
+        self._start = None
+
+    def summary(self, device: torch.device) -> dict[str, Any]:
+        timed = self.seconds[self.skip :] or self.seconds
+        out: dict[str, Any] = {
+            "steps": len(self.seconds),
+            "skip": self.skip,
+            "median_s": statistics.median(timed) if timed else None,
+            "mean_s": statistics.fmean(timed) if timed else None,
+            # ru_maxrss is in KiB on Linux.
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "seconds": self.seconds,
+        }
+        if device.type == "cuda":
+            out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        return out
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        path = (
+            Path(self.path)
+            if self.path
+            else Path(trainer.log_dir or trainer.default_root_dir) / "step_times.json"
+        )
+        self._write(path, self.summary(pl_module.device))
+
+    @rank_zero_only
+    def _write(self, path: Path, summary: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(summary, indent=1) + "\n")
 
 
 class PredictionWriter(BasePredictionWriter):

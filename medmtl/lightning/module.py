@@ -40,6 +40,7 @@ from torchmetrics import MeanMetric
 from medmtl.balancing import Balancer, FixedWeights
 from medmtl.errors import ConfigError
 from medmtl.keys import MNI_CLASSES, Keys
+from medmtl.lightning.lesion_eval import LesionEvaluation
 from medmtl.lightning.panels import save_panel
 from medmtl.lightning.resume import gather, rank_state, restore_rank_state
 from medmtl.lightning.shared import shared_parameters
@@ -139,6 +140,8 @@ class MultitaskModule(LightningModule):
         self.tasks = tuple(model.tasks)
         self.recon_metrics = ReconMetrics()
         self.seg_metrics = SegMetrics(self.class_names)
+        # Lesion networks (a detection task) are evaluated on decoded detections instead.
+        self.lesion_eval = LesionEvaluation(model.tag_names) if "det" in self.tasks else None
         # Epoch means of each task loss (for balancer.observe_epoch and the val/test logs) and of the weighted
         # total, weighted by batch size. torchmetrics reduces them over the processes, each sample counting once
         # (Lightning's own sync_dist mean truncates the summed batch sizes of uneven shards to an integer).
@@ -179,7 +182,11 @@ class MultitaskModule(LightningModule):
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping[str, Any]):
-        """Runs the network on a batch dict (``Keys.KSPACE``, ``Keys.MASK``, ``Keys.ACS``, optional target)."""
+        """Runs the network on a batch dict: its own ``forward_batch(batch)`` where it has one (``LesionNet``),
+        else ``Keys.KSPACE``, ``Keys.MASK``, ``Keys.ACS`` and the optional target."""
+        forward_batch = getattr(self.model, "forward_batch", None)
+        if forward_batch is not None:
+            return forward_batch(batch)
         batch = with_acs(dict(batch))
         return self.model(
             batch[Keys.KSPACE], batch[Keys.MASK], batch[Keys.ACS], target=batch.get(Keys.TARGET)
@@ -189,7 +196,7 @@ class MultitaskModule(LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self(batch)
         losses = self.model.compute_losses(out, batch)
-        size = batch[Keys.KSPACE].shape[0]
+        size = _batch_size(batch)
         shared_params = None
         if self.balancer.needs_shared:
             if self._shared is None:  # the graph's structure is the same every step
@@ -255,13 +262,14 @@ class MultitaskModule(LightningModule):
 
     def _evaluate(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
         out = self(batch)
-        size = batch[Keys.KSPACE].shape[0]
+        size = _batch_size(batch)
+        if self.lesion_eval is not None:
+            self._update_losses(self.model.compute_losses(out, batch), size)
+            self.lesion_eval.update(out, batch)
+            return
         has_target, has_seg = Keys.TARGET in batch, Keys.SEG in batch
         if has_target and (has_seg or "seg" not in self.tasks):
-            losses = self.model.compute_losses(out, batch)
-            for task, loss in losses.items():
-                self.eval_means[task].update(loss.detach(), weight=size)
-            self.eval_total.update(self._weighted(losses, self.balancer.weights_dict()), weight=size)
+            self._update_losses(self.model.compute_losses(out, batch), size)
         recon = out.recon if "recon" in self.tasks else None
         seg = self._labels(out.seg_logits) if "seg" in self.tasks else None
         if recon is not None and has_target:
@@ -280,6 +288,11 @@ class MultitaskModule(LightningModule):
             command = self.trainer.state.fn.value
             name = f"{stage}_epoch{self.current_epoch:03d}" if command == "fit" else command
             self._panel(batch, out, seg, f"{name}_batch{batch_idx:05d}.png")
+
+    def _update_losses(self, losses: Mapping[str, Tensor], size: int) -> None:
+        for task, loss in losses.items():
+            self.eval_means[task].update(loss.detach(), weight=size)
+        self.eval_total.update(self._weighted(losses, self.balancer.weights_dict()), weight=size)
 
     def _labels(self, seg_logits: Tensor | None) -> Tensor | None:
         if seg_logits is None:
@@ -328,6 +341,12 @@ class MultitaskModule(LightningModule):
             if metric.update_called:
                 values.update({f"{stage}/{k}": v.float() for k, v in metric.compute().items()})
             metric.reset()
+        if self.lesion_eval is not None and self.lesion_eval.update_called:
+            scalars, result = self.lesion_eval.compute(stage, choose_thresholds=stage == "val")
+            values.update(scalars)
+            if stage == "test" and self.trainer.is_global_zero:
+                self.lesion_eval.plot(result, self.panel_dir / "test_lesion_metrics.png")
+            self.lesion_eval.reset()
         if values:
             # compute() has already reduced the sums over the processes (torchmetrics), so every process holds
             # the same values; a max over those copies returns them unchanged and marks them as synchronised.
@@ -398,6 +417,12 @@ class MultitaskModule(LightningModule):
                 values[name] = float(metric.compute())
             metric.reset()
         return values
+
+
+def _batch_size(batch: Mapping[str, Any]) -> int:
+    """Samples in a batch: its file-name list (every medmtl batch has one), else the k-space's first axis."""
+    names = batch.get(Keys.FNAME)
+    return len(names) if isinstance(names, (list, tuple)) else int(batch[Keys.KSPACE].shape[0])
 
 
 def _finite(values: Mapping[str, float]) -> dict[str, float]:

@@ -209,7 +209,7 @@ def decode_detections(
         tag_probs = (
             tags[i][:, cells // w, cells % w].T.sigmoid() if tags is not None else torch.zeros(len(cells), 0)
         )
-        masks = _instance_masks(mask[i, 0, :height, :width], boxes) if mask is not None else None
+        masks = instance_masks(mask[i, 0, :height, :width], boxes) if mask is not None else None
         axes = np.full((len(cells), 2), np.nan, np.float32)
         if masks is not None and spacing is not None:
             for k, m in enumerate(masks):
@@ -228,7 +228,7 @@ def decode_detections(
     return results
 
 
-def _instance_masks(logits: torch.Tensor, boxes: torch.Tensor) -> np.ndarray:
+def instance_masks(logits: torch.Tensor, boxes: torch.Tensor) -> np.ndarray:
     """(K, H, W) bool: the foreground of one (H, W) logit map inside each box's pixels (the pixels it
     touches: rows floor(i0) .. ceil(i1) - 1, and likewise for columns)."""
     foreground = (logits > 0).numpy()

@@ -51,7 +51,7 @@ from medmtl.models.lesion_trunk import (
     upsample2,
 )
 from medmtl.models.unet import crop_to
-from medmtl.transforms.context import DEFAULT_NUM_SLICES
+from medmtl.transforms.context import DEFAULT_INTERVAL_MM, DEFAULT_NUM_SLICES, check_context_layout
 
 TASKS = ("det", "tag", "mask", "refine")
 # CenterNet's heatmap bias: every cell starts at probability 0.1, so the many background cells do not swamp
@@ -100,6 +100,14 @@ class LesionNet(nn.Module):
         tag_pos_weight: (T,) weight of each tag's positives in the tag loss (e.g. negatives / positives in
             the training set); None weighs all 1.
         tag_negative_ratio: hardest negative tags kept per positive tag of a lesion (``lesion_losses``).
+        tag_names: the T tag names (index = tag id); None takes the simulator's ``TAG_NAMES`` when T matches
+            them, else ``tag0`` .. ``tag{T-1}``.
+        interval_mm: the distance between context slices the network was trained with.
+        window: the intensity window (low, high) in the volume's units mapped to [0, 1], or None for the
+            per-volume 0.5-99.5 percentile scaling (``medmtl.data.lesion_dataset.intensity_range``).
+
+    ``num_slices``, ``interval_mm`` and ``window`` are the network's input contract: the training data, the
+    volume inference (``medmtl lesion``) and the ONNX metadata all read them from here.
     """
 
     def __init__(
@@ -114,6 +122,9 @@ class LesionNet(nn.Module):
         refine_hidden: int = 32,
         tag_pos_weight: Sequence[float] | None = None,
         tag_negative_ratio: float = DEFAULT_NEGATIVE_RATIO,
+        tag_names: Sequence[str] | None = None,
+        interval_mm: float = DEFAULT_INTERVAL_MM,
+        window: Sequence[float] | None = None,
     ):
         super().__init__()
         tasks = tuple(tasks)
@@ -132,6 +143,17 @@ class LesionNet(nn.Module):
                 f"num_clinical >= 0, refine_hidden >= 1 and tag_negative_ratio >= 0, got {num_clinical}, "
                 f"{refine_hidden} and {tag_negative_ratio}",
             )
+        check_context_layout(num_slices, interval_mm)
+        if window is not None and not (len(window) == 2 and float(window[0]) < float(window[1])):
+            raise ConfigError("window", f"must be (low, high) with low < high, or null, got {window}")
+        if tag_names is None:
+            tag_names = TAG_NAMES if num_tags == len(TAG_NAMES) else [f"tag{i}" for i in range(num_tags)]
+        if len(tag_names) != num_tags or len(set(tag_names)) != num_tags:
+            raise ConfigError("tag_names", f"need {num_tags} distinct names, got {list(tag_names)}")
+        self.tag_names = tuple(str(t) for t in tag_names)
+        self.num_slices = int(num_slices)
+        self.interval_mm = float(interval_mm)
+        self.window = None if window is None else (float(window[0]), float(window[1]))
         self._tasks = tuple(t for t in TASKS if t in tasks)
         self.num_tags = int(num_tags)
         self.num_clinical = int(num_clinical)
@@ -202,6 +224,11 @@ class LesionNet(nn.Module):
             refined = self._refine(heatmap, tags, size, slice_position, clinical)
             refined_heatmap, refined_tags = refined[:, :1], refined[:, 1:]
         return LesionOutput(heatmap, refined_heatmap, size, offset, tags, refined_tags, mask)
+
+    def forward_batch(self, batch: Mapping[str, Any]) -> LesionOutput:
+        """``forward`` on a ``collate_lesion_samples`` batch (what ``MultitaskModule`` calls); non-imaging
+        inputs come from ``Keys.CLINICAL`` (B, E) when the batch has them."""
+        return self(batch[Keys.CONTEXT], batch.get(Keys.SLICE_POSITION), batch.get(Keys.CLINICAL))
 
     def _refine(self, heatmap, tags, size, slice_position, clinical) -> torch.Tensor:
         """(B, 1 + T, h, w): the heatmap and tag logits plus the refinement MLP's correction."""

@@ -1,0 +1,117 @@
+"""Lesion data of the data module: options, key-slice evaluation images and random training windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medmtl.data.lesion_crop import CroppedLesionSlices, crop_lesion_sample
+from medmtl.data.lesion_data import LesionData, lesion_dataset
+from medmtl.data.lesion_dataset import KeySliceDataset, LesionSliceDataset, slice_sample
+from medmtl.data.lesion_record import Lesion, LesionVolume
+from medmtl.errors import ConfigError
+from medmtl.keys import Keys
+
+
+def volume(boxes: list[tuple[int, int, int, int, int, int]], shape=(20, 24, 10), name="v") -> LesionVolume:
+    """Cuboid lesions at the given half-open voxel boxes; key slice = the box's middle slice."""
+    instances = np.zeros(shape, np.int32)
+    lesions = []
+    for n, box in enumerate(boxes, start=1):
+        i0, j0, k0, i1, j1, k1 = box
+        instances[i0:i1, j0:j1, k0:k1] = n
+        lesions.append(Lesion(np.asarray(box, float), key_slice=(k0 + k1 - 1) // 2, tags=(n % 2,)))
+    image = np.random.default_rng(0).random(shape).astype(np.float32) + 2 * (instances > 0)
+    return LesionVolume(
+        image, np.array([0.8, 0.8, 2.0]), np.eye(4), instances, tuple(lesions), ("a", "b"), name
+    )
+
+
+class TopLeft:
+    """A generator stand-in that places the window uniformly (never on a lesion) at the top left corner."""
+
+    def random(self) -> float:
+        return 1.0
+
+    def integers(self, n: int) -> int:
+        return 0
+
+
+def test_key_slices_are_the_evaluation_images():
+    with_lesions = volume([(2, 3, 1, 6, 8, 4), (10, 10, 6, 14, 13, 7), (12, 2, 1, 15, 5, 4)])
+    empty = volume([], name="empty")
+    data = KeySliceDataset([with_lesions, empty], num_slices=3, interval_mm=2.0)
+    # Key slices 2 (two lesions share it) and 6, then the middle slice of the lesion-free volume.
+    assert data.items == [(0, 2), (0, 6), (1, 5)]
+    first = data[(3, 0)]  # EpochSampler keys work; the epoch is irrelevant
+    assert first[Keys.SLICE] == 2 and len(first[Keys.BOXES]) == 2
+    assert len(data[2][Keys.BOXES]) == 0
+
+
+def test_crop_recomputes_boxes_and_drops_lesions_outside():
+    sample = slice_sample(volume([(2, 3, 1, 6, 8, 4), (14, 16, 1, 18, 22, 3)]), 2, 3, 2.0)
+    rng = TopLeft()
+    cut = crop_lesion_sample(sample, (10, 10), rng)
+    assert cut[Keys.CONTEXT].shape == (3, 10, 10)
+    np.testing.assert_array_equal(cut[Keys.BOXES].numpy(), [[2, 3, 6, 8]])  # the second lesion is outside
+    assert cut[Keys.TAGS].shape == (1, 2) and cut[Keys.MASKS].shape == (1, 10, 10)
+    torch.testing.assert_close(cut[Keys.DIAMETERS], sample[Keys.DIAMETERS][:1], equal_nan=True)  # not cut
+
+
+def test_crop_cuts_a_lesion_at_the_window_edge_and_remeasures_it():
+    sample = slice_sample(volume([(6, 6, 1, 14, 10, 4)]), 2, 3, 2.0)
+    rng = TopLeft()
+    cut = crop_lesion_sample(sample, (10, 12), rng)
+    np.testing.assert_array_equal(cut[Keys.BOXES].numpy(), [[6, 6, 10, 10]])
+    long_mm, short_mm = cut[Keys.DIAMETERS][0].tolist()
+    assert np.isfinite(short_mm)  # the key slice's record is NaN here; the cut part is measured
+    assert long_mm == pytest.approx(4 * 0.8 * np.sqrt(2), rel=0.05)
+
+
+def test_lesion_centred_windows_hold_the_lesion_and_repeat_per_key():
+    slices = LesionSliceDataset(
+        [volume([(1, 16, 1, 5, 22, 4)])],
+        samples_per_epoch=8,
+        positive_fraction=1.0,
+        num_slices=3,
+        interval_mm=2.0,
+    )
+    data = CroppedLesionSlices(slices, (8, 8), seed=3)
+    held = 0
+    for index in range(8):
+        sample = data[(1, index)]
+        assert sample[Keys.CONTEXT].shape == (3, 8, 8)
+        held += len(sample[Keys.BOXES]) > 0
+        torch.testing.assert_close(sample[Keys.CONTEXT], data[(1, index)][Keys.CONTEXT])
+    assert held >= 5  # 90 % of windows are placed on the lesion
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"source": "dicom"}, "lesions.source"),
+        ({"source": "nifti"}, "lesions.root"),
+        ({"num_volumes": {"train": 0}}, "lesions.num_volumes"),
+        ({"num_volumes": {"extra": 3}}, "lesions.num_volumes"),
+        ({"positive_fraction": 1.5}, "lesions.positive_fraction"),
+        ({"val_fraction": 1.0}, "lesions.val_fraction"),
+    ],
+)
+def test_bad_options_name_the_key(options, key):
+    with pytest.raises(ConfigError, match=key):
+        LesionData(**options)
+
+
+def test_simulated_splits_follow_the_contract():
+    from medmtl.data.lesion_sim import LesionSimOptions
+
+    options = LesionData(
+        num_volumes={"train": 2, "val": 1, "test": 1},
+        simulation=LesionSimOptions(voxel_mm=6.0),
+        train_crop=(12, 12),
+    )
+    train = lesion_dataset(options, "train", 0, 5, num_slices=5, interval_mm=3.0, window=None)
+    assert len(train) == 5 and train[(0, 1)][Keys.CONTEXT].shape == (5, 12, 12)
+    val = lesion_dataset(options, "val", 0, 5, num_slices=5, interval_mm=3.0, window=(0.0, 1.0))
+    assert isinstance(val, KeySliceDataset) and float(val[0][Keys.CONTEXT].max()) <= 1.0
