@@ -1,4 +1,5 @@
-"""``export_onnx``: a trained network to a verified ONNX file (the contract is in ``medmtl.onnx_model``).
+"""``export_onnx``: a trained recon+seg network to a verified ONNX file (the contract is in ``medmtl.onnx_model``),
+and ``write_verified``, the steps below, which ``medmtl.lesion_export`` shares for lesion networks.
 
 1. The network is traced by ``torch.export`` with B, C, H and W dynamic (``torch.onnx.export(dynamo=True)``);
    inside the trace ``medmtl.fft`` switches to DFT matrices built from the symbolic sizes (no FFT, no shift).
@@ -17,9 +18,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -86,13 +88,27 @@ class CaseErrors:
     seg_logits_max_abs: float | None
     seg_agreement: float | None
 
+    def summary(self) -> str:
+        """The errors in one line of ``format_report``."""
+        parts = []
+        if self.recon_max_rel is not None:
+            parts.append(f"recon max abs {self.recon_max_abs:.3g} rel {self.recon_max_rel:.3g}")
+        if self.seg_agreement is not None:
+            parts.append(
+                f"logits max abs {self.seg_logits_max_abs:.3g} argmax agreement {100 * self.seg_agreement:.4f} %"
+            )
+        return "  ".join(parts)
+
 
 @dataclass(frozen=True)
 class ExportReport:
+    """An export that verified: where it is, its precision and opset, the errors of each verification case
+    (``CaseErrors`` or ``medmtl.lesion_export.LesionCaseErrors``) and the model file's size."""
+
     path: Path
     precision: str
     opset: int | None
-    cases: tuple[CaseErrors, ...]
+    cases: tuple[Any, ...]
     size_bytes: int
 
 
@@ -231,6 +247,75 @@ def _quantize(path: Path) -> None:
     os.replace(quantized, path)
 
 
+@dataclass(frozen=True)
+class GraphSpec:
+    """What ``write_verified`` traces: a module whose forward takes and returns float32 tensors, example
+    inputs (each dynamic size >= 2: torch.export specialises sizes of 1), their dynamic axes, the graph's
+    input and output names, and the file's metadata (``medmtl.onnx_model``'s ``META_*``)."""
+
+    graph: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    dynamic_axes: tuple[tuple[int, ...], ...]
+    input_names: list[str]
+    output_names: list[str]
+    metadata: dict[str, str]
+
+
+def write_verified(
+    spec: GraphSpec,
+    output: str | os.PathLike,
+    opset: int | None,
+    precision: str,
+    verify: Callable[[Path], tuple[tuple[Any, ...], list[str]]],
+    name: str,
+) -> ExportReport:
+    """Steps 1, 2 and 4 of the module docstring around ``verify`` (step 3).
+
+    ``verify(staged_path)`` returns the per-case errors (dataclasses) and the failures, one line each; any
+    failure raises ``ExportError`` and nothing is written. ``name`` names the network in messages.
+    """
+    if precision not in TOLERANCES:
+        raise InputError("precision", f"{precision!r}; choose from {', '.join(TOLERANCES)}")
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise InputError(output, "the output name must end in .onnx")
+    auto = torch.export.Dim.AUTO
+    dynamic = tuple({axis: auto for axis in axes} for axes in spec.dynamic_axes)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        staged = workdir / output.name
+        try:
+            program = torch.onnx.export(
+                spec.graph,
+                spec.example_inputs,
+                dynamo=True,
+                dynamic_shapes=dynamic,
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                opset_version=opset,
+                verbose=False,
+            )
+            program.save(staged)
+        except (torch.onnx.OnnxExporterError, RuntimeError) as err:
+            detail = " ".join(str(err).split())[:300]
+            raise ExportError(f"cannot export {name}: {detail}") from err
+        if precision == "int8":
+            _quantize(staged)
+        _set_metadata(staged, spec.metadata)
+        results, failures = verify(staged)
+        if failures:
+            raise ExportError(f"{output}: onnxruntime does not match PyTorch: {'; '.join(failures)}")
+        _set_metadata(staged, {**spec.metadata, META_VERIFICATION: json.dumps([asdict(c) for c in results])})
+        for extra in sorted(p for p in workdir.iterdir() if p != staged):  # external data, if any
+            os.replace(extra, output.parent / extra.name)
+        os.chmod(staged, 0o644)
+        os.replace(staged, output)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return ExportReport(output, precision, opset, tuple(results), output.stat().st_size)
+
+
 def export_onnx(
     net: nn.Module,
     classes: tuple[str, ...],
@@ -244,67 +329,31 @@ def export_onnx(
 
     ``cases`` replaces the default verification inputs ({"real": real_case(), "random": random_case()}).
     Raises ``ExportError`` when tracing fails or an error is above ``TOLERANCES[precision]``; nothing is
-    written then.
+    written then. (``medmtl.lesion_export.export_lesion_onnx`` is the same for a ``LesionNet``.)
     """
-    if precision not in TOLERANCES:
-        raise InputError("precision", f"{precision!r}; choose from {', '.join(TOLERANCES)}")
-    output = Path(output)
-    if output.suffix != ".onnx":
-        raise InputError(output, "the output name must end in .onnx")
     graph = ReconSegGraph(net.eval(), half=precision == "fp16").eval()
-    auto = torch.export.Dim.AUTO
-    dynamic = ({0: auto, 1: auto, 2: auto, 3: auto}, {0: auto, 2: auto, 3: auto}, {0: auto, 2: auto, 3: auto})
-    output.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        staged = workdir / output.name
-        try:
-            program = torch.onnx.export(
-                graph,
-                _trace_inputs(),
-                dynamo=True,
-                dynamic_shapes=dynamic,
-                input_names=list(RECON_SEG_INPUTS),
-                output_names=output_names(graph.tasks),
-                opset_version=opset,
-                verbose=False,
-            )
-            program.save(staged)
-        except (torch.onnx.OnnxExporterError, RuntimeError) as err:
-            detail = " ".join(str(err).split())[:300]
-            raise ExportError(f"cannot export {type(net).__name__}: {detail}") from err
-        if precision == "int8":
-            _quantize(staged)
-        metadata = _metadata(graph, classes, precision, source)
-        _set_metadata(staged, metadata)
-        onnx_net = OnnxNetwork(staged)
-        cases = cases if cases is not None else {"real": real_case(), "random": random_case()}
-        results = tuple(compare(net, onnx_net, name, inputs) for name, inputs in cases.items())
-        failures = [f for case in results for f in _failures(case, TOLERANCES[precision])]
-        if failures:
-            raise ExportError(f"{output}: onnxruntime does not match PyTorch: {'; '.join(failures)}")
-        _set_metadata(staged, {**metadata, META_VERIFICATION: json.dumps([asdict(c) for c in results])})
-        for extra in sorted(p for p in workdir.iterdir() if p != staged):  # external data, if any
-            os.replace(extra, output.parent / extra.name)
-        os.chmod(staged, 0o644)
-        os.replace(staged, output)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return ExportReport(output, precision, opset, results, output.stat().st_size)
+    spec = GraphSpec(
+        graph,
+        _trace_inputs(),
+        ((0, 1, 2, 3), (0, 2, 3), (0, 2, 3)),
+        list(RECON_SEG_INPUTS),
+        output_names(graph.tasks),
+        _metadata(graph, classes, precision, source),
+    )
+
+    def verify(path: Path) -> tuple[tuple[CaseErrors, ...], list[str]]:
+        onnx_net = OnnxNetwork(path)
+        chosen = cases if cases is not None else {"real": real_case(), "random": random_case()}
+        results = tuple(compare(net, onnx_net, name, inputs) for name, inputs in chosen.items())
+        return results, [f for case in results for f in _failures(case, TOLERANCES[precision])]
+
+    return write_verified(spec, output, opset, precision, verify, type(net).__name__)
 
 
 def format_report(report: ExportReport) -> str:
     """The verification table of an export, one line per case."""
     lines = [f"{report.path} ({report.precision}, {report.size_bytes / 2**20:.1f} MiB)"]
-    for c in report.cases:
-        parts = [f"  {c.name:<7} {'x'.join(map(str, c.shape)):<16}"]
-        if c.recon_max_rel is not None:
-            parts.append(f"recon max abs {c.recon_max_abs:.3g} rel {c.recon_max_rel:.3g}")
-        if c.seg_agreement is not None:
-            parts.append(
-                f"logits max abs {c.seg_logits_max_abs:.3g} argmax agreement {100 * c.seg_agreement:.4f} %"
-            )
-        lines.append("  ".join(parts))
+    lines += [f"  {c.name:<7} {'x'.join(map(str, c.shape)):<16}  {c.summary()}" for c in report.cases]
     return "\n".join(lines)
 
 
@@ -313,9 +362,11 @@ __all__ = [
     "CaseErrors",
     "ExportError",
     "ExportReport",
+    "GraphSpec",
     "ReconSegGraph",
     "export_onnx",
     "format_report",
     "random_case",
     "real_case",
+    "write_verified",
 ]

@@ -1,9 +1,10 @@
-"""Exported medmtl networks run by onnxruntime: ``OnnxNetwork``, and the contract ``medmtl export`` writes.
+"""Exported medmtl networks run by onnxruntime: ``OnnxNetwork`` (recon+seg), ``OnnxLesionNetwork`` (lesions),
+``open_onnx`` (either, by the file's task), and the contract ``medmtl export`` writes.
 
 An exported file is an ordinary ONNX model whose ``metadata_props`` say what it is (``META_*`` below): the
-medmtl version, the task, the network's tasks, class names, the input contract, how inputs are normalised,
-and the errors measured against PyTorch when it was exported. ``OnnxNetwork`` refuses a file without them,
-so a model from elsewhere or of another task gives one clear line instead of a shape error deep in a run.
+medmtl version, the task, the network's tasks, class or tag names, the input contract, how inputs are
+normalised, and the errors measured against PyTorch when it was exported. The loaders refuse a file without
+them, so a model from elsewhere or of another task gives one clear line instead of a shape error deep in a run.
 
 Recon+seg contract (``TASK_RECON_SEG``); B, C, H and W are dynamic:
 
@@ -24,7 +25,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from medmtl.errors import InputError
+from medmtl.errors import ConfigError, InputError
+from medmtl.keys import Keys
+from medmtl.models.lesion_net import TASKS as LESION_TASKS
+from medmtl.models.lesion_net import LesionOutput
+from medmtl.transforms.context import check_context_layout
 
 FORMAT_VERSION = "1"
 META_FORMAT = "medmtl_format"
@@ -38,6 +43,8 @@ META_NORMALISATION = "medmtl_normalisation"
 META_PRECISION = "medmtl_precision"
 META_SOURCE = "medmtl_source"
 META_VERIFICATION = "medmtl_verification"
+META_TAG_NAMES = "medmtl_tag_names"
+META_CONTRACT = "medmtl_input_contract"
 
 TASK_RECON_SEG = "recon_seg"
 RECON_SEG_INPUTS = ("kspace", "mask", "acs_mask")
@@ -54,9 +61,53 @@ RECON_SEG_NORMALISATION = (
 )
 
 
+TASK_LESION = "lesion"
+# The task whose head makes each LesionOutput field (the field is None without it).
+_LESION_FIELD_TASK = {
+    "heatmap": "det",
+    "refined_heatmap": "refine",
+    "size": "det",
+    "offset": "det",
+    "tags": "tag",
+    "refined_tags": "refine",
+    "mask": "mask",
+}
+
+
 def output_names(tasks) -> list[str]:
     """The graph outputs of a recon+seg network with these tasks, in order."""
     return [RECON_OUTPUT] * ("recon" in tasks) + [SEG_OUTPUT] * ("seg" in tasks)
+
+
+def lesion_input_names(num_clinical: int) -> list[str]:
+    """The graph inputs of a lesion network with ``num_clinical`` non-imaging inputs, in order."""
+    return [Keys.CONTEXT.value, Keys.SLICE_POSITION.value] + [Keys.CLINICAL.value] * (num_clinical > 0)
+
+
+def lesion_output_names(tasks) -> list[str]:
+    """The graph outputs of a lesion network with these tasks: ``LesionOutput``'s fields it produces."""
+    return [name for name in LesionOutput._fields if _LESION_FIELD_TASK[name] in tasks]
+
+
+def lesion_input_doc(num_slices: int, num_clinical: int) -> dict[str, str]:
+    """``META_INPUTS`` of a lesion export: each graph input's shape and meaning."""
+    doc = {
+        Keys.CONTEXT.value: f"(B, {num_slices}, H, W) float32 normalised slice stack, key slice at the centre",
+        Keys.SLICE_POSITION.value: "(B,) float32 key slice index / (slices in the volume - 1)",
+    }
+    if num_clinical:
+        doc[Keys.CLINICAL.value] = f"(B, {num_clinical}) float32 non-imaging inputs, as in training"
+    return doc
+
+
+def lesion_normalisation(window: tuple[float, float] | None) -> str:
+    """``META_NORMALISATION`` of a lesion export: how the volume becomes ``context`` (outside the graph)."""
+    if window is None:
+        return (
+            "per volume, outside the graph: (x - p0.5) / (p99.5 - p0.5) with the volume's 0.5th and 99.5th "
+            "intensity percentiles, no clipping (medmtl.data.lesion_dataset.intensity_range)"
+        )
+    return f"outside the graph: clip to the window [{window[0]:g}, {window[1]:g}] of the volume's units, map to [0, 1]"
 
 
 class OnnxOutput(NamedTuple):
@@ -123,6 +174,20 @@ def _metadata(path: Path) -> dict[str, str]:
     return metadata
 
 
+def _require_task(path: Path, metadata: dict[str, str], task: str) -> None:
+    found = metadata.get(META_TASK)
+    if found != task:
+        raise InputError(path, f"holds a {found!r} model; this needs a {task!r} model")
+
+
+def _run(session: Any, path: Path, feeds: dict[str, np.ndarray], what: str) -> list[np.ndarray]:
+    try:
+        return session.run(None, feeds)
+    except Exception as err:  # onnxruntime's pybind errors for shapes the graph cannot take
+        detail = " ".join(str(err).split()).split("] ", 1)[-1][:200]
+        raise InputError(path, f"cannot run on {what} ({detail})") from err
+
+
 def _json_list(path: Path, metadata: dict[str, str], key: str) -> list[str]:
     try:
         value = json.loads(metadata.get(key, "[]"))
@@ -147,9 +212,7 @@ class OnnxNetwork:
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         self.path = Path(path)
         self.session, self.metadata = _open(self.path, threads or torch.get_num_threads())
-        task = self.metadata.get(META_TASK)
-        if task != TASK_RECON_SEG:
-            raise InputError(self.path, f"holds a {task!r} model; this needs a {TASK_RECON_SEG!r} model")
+        _require_task(self.path, self.metadata, TASK_RECON_SEG)
         self.tasks = tuple(_json_list(self.path, self.metadata, META_TASKS))
         self.classes = tuple(_json_list(self.path, self.metadata, META_CLASSES))
         self.num_classes = len(self.classes)
@@ -174,13 +237,7 @@ class OnnxNetwork:
             "mask": _rows(mask, b, h, w),
             "acs_mask": _rows(acs_mask, b, h, w),
         }
-        try:
-            results = self.session.run(None, feeds)
-        except Exception as err:  # onnxruntime's pybind errors for shapes the graph cannot take
-            detail = " ".join(str(err).split()).split("] ", 1)[-1][:200]
-            raise InputError(
-                self.path, f"cannot run on k-space of shape {tuple(kspace.shape)} ({detail})"
-            ) from err
+        results = _run(self.session, self.path, feeds, f"k-space of shape {tuple(kspace.shape)}")
         named = dict(zip(self.outputs, (torch.from_numpy(r) for r in results), strict=True))
         return OnnxOutput(named.get(RECON_OUTPUT), named.get(SEG_OUTPUT))
 
@@ -188,3 +245,130 @@ class OnnxNetwork:
 def _rows(mask: torch.Tensor, b: int, h: int, w: int) -> np.ndarray:
     """(B or 1, 1, 1 or H, W, 1) -> (B, 1, H, W, 1) float32 numpy, the graph's mask layout."""
     return np.ascontiguousarray(mask.detach().float().cpu().expand(b, 1, h, w, 1).numpy())
+
+
+class OnnxLesionNetwork:
+    """A ``LesionNet`` exported by ``medmtl export``, called like it and carrying its input contract.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: onnxruntime intra-op threads (default: torch's thread count).
+
+    Attributes read from the metadata, as ``LesionNet`` has them: ``tasks``, ``tag_names``, ``num_tags``,
+    ``num_slices``, ``interval_mm``, ``window`` (None or (low, high)) and ``num_clinical``; ``normalisation``
+    is the text of ``META_NORMALISATION``.
+
+    Raises ``InputError`` for a missing, corrupt or foreign file, another task's model, metadata that does not
+    describe a lesion network, or graph inputs and outputs that do not follow the contract (module docstring).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        self.path = Path(path)
+        self.session, self.metadata = _open(self.path, threads or torch.get_num_threads())
+        _require_task(self.path, self.metadata, TASK_LESION)
+        tasks = _json_list(self.path, self.metadata, META_TASKS)
+        if "det" not in tasks or not set(tasks) <= set(LESION_TASKS):
+            raise InputError(
+                self.path, f"metadata {META_TASKS} {tasks} are not lesion tasks ({', '.join(LESION_TASKS)})"
+            )
+        self.tasks = tuple(t for t in LESION_TASKS if t in tasks)
+        self.tag_names = tuple(_json_list(self.path, self.metadata, META_TAG_NAMES))
+        self.num_tags = len(self.tag_names)
+        self.num_slices, self.interval_mm, self.window, self.num_clinical = _lesion_contract(
+            self.path, self.metadata
+        )
+        self.normalisation = self.metadata.get(META_NORMALISATION, "")
+        inputs = [(i.name, len(i.shape)) for i in self.session.get_inputs()]
+        expected = list(zip(lesion_input_names(self.num_clinical), (4, 1, 2)))
+        if inputs != expected:
+            raise InputError(
+                self.path, f"has graph inputs {inputs}; a lesion export has {expected} (name, rank)"
+            )
+        slices = self.session.get_inputs()[0].shape[1]
+        if slices != self.num_slices:
+            raise InputError(
+                self.path, f"takes {slices} context slices, but its metadata says {self.num_slices}"
+            )
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        wanted = lesion_output_names(self.tasks)
+        if self.outputs != wanted:
+            raise InputError(
+                self.path, f"has graph outputs {self.outputs}; its tasks {list(self.tasks)} need {wanted}"
+            )
+
+    def __call__(
+        self,
+        context: torch.Tensor,
+        slice_position: torch.Tensor | None = None,
+        clinical: torch.Tensor | None = None,
+    ) -> LesionOutput:
+        """context (B, S, H, W); slice_position (B,) in [0, 1]; clinical (B, E) -> ``LesionOutput`` of float32
+        CPU tensors, None for the heads the tasks leave out. As ``LesionNet``, slice_position and clinical are
+        needed only by the score refinement (and clinical only when E > 0)."""
+        context = torch.as_tensor(context)
+        if context.dim() != 4 or context.shape[1] != self.num_slices:
+            raise InputError(
+                Keys.CONTEXT.value, f"expected (B, {self.num_slices}, H, W), got {tuple(context.shape)}"
+            )
+        b = context.shape[0]
+        if slice_position is None:
+            if "refine" in self.tasks:
+                raise InputError(
+                    Keys.SLICE_POSITION.value, "the score refinement needs the key slice's position (B,)"
+                )
+            slice_position = torch.zeros(b)  # a graph input the network without refinement never reads
+        position = _numpy(slice_position).reshape(-1)
+        if position.size != b:
+            raise InputError(Keys.SLICE_POSITION.value, f"expected ({b},), got {tuple(position.shape)}")
+        feeds = {Keys.CONTEXT.value: _numpy(context), Keys.SLICE_POSITION.value: position}
+        if self.num_clinical:
+            shape = None if clinical is None else tuple(clinical.shape)
+            if shape != (b, self.num_clinical):
+                raise InputError(
+                    Keys.CLINICAL.value,
+                    f"the score refinement needs ({b}, {self.num_clinical}) inputs, got {shape}",
+                )
+            feeds[Keys.CLINICAL.value] = _numpy(clinical)
+        results = _run(self.session, self.path, feeds, f"a context of shape {tuple(context.shape)}")
+        named = dict(zip(self.outputs, (torch.from_numpy(r) for r in results), strict=True))
+        return LesionOutput(*(named.get(name) for name in LesionOutput._fields))
+
+
+def _lesion_contract(
+    path: Path, metadata: dict[str, str]
+) -> tuple[int, float, tuple[float, float] | None, int]:
+    """(num_slices, interval_mm, window, num_clinical) from ``META_CONTRACT``, checked."""
+    try:
+        contract = json.loads(metadata.get(META_CONTRACT, "null"))
+        num_slices, interval_mm = contract["num_slices"], contract["interval_mm"]
+        window, num_clinical = contract["window"], contract["num_clinical"]
+        check_context_layout(num_slices, interval_mm)
+        if window is not None:
+            low, high = (float(v) for v in window)
+            if not (np.isfinite([low, high]).all() and low < high):
+                raise ValueError(f"window {window} is not (low, high) with low < high")
+            window = (low, high)
+        if isinstance(num_clinical, bool) or not (isinstance(num_clinical, int) and num_clinical >= 0):
+            raise ValueError(f"num_clinical {num_clinical!r} is not a whole number >= 0")
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError, ConfigError) as err:
+        raise InputError(path, f"metadata {META_CONTRACT} is not a lesion input contract ({err})") from err
+    return int(num_slices), float(interval_mm), window, num_clinical
+
+
+def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A float32 contiguous numpy copy or view of a tensor or array, for onnxruntime."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().float().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def open_onnx(path: str | os.PathLike, threads: int | None = None) -> OnnxNetwork | OnnxLesionNetwork:
+    """The loader of a ``medmtl export`` file's task: ``OnnxNetwork`` or ``OnnxLesionNetwork``. Raises
+    ``InputError`` as they do, and for a task this medmtl does not run."""
+    task = read_metadata(path).get(META_TASK)
+    loaders = {TASK_RECON_SEG: OnnxNetwork, TASK_LESION: OnnxLesionNetwork}
+    if task not in loaders:
+        raise InputError(
+            path, f"holds a {task!r} model; this medmtl runs {' and '.join(map(repr, loaders))} models"
+        )
+    return loaders[task](path, threads)

@@ -1,11 +1,14 @@
 """``medmtl export``: the network of a checkpoint to a verified ONNX file.
 
-The graph takes masked k-space (B, C, H, W, 2), the mask and its calibration region (B, 1, H, W, 1), with B,
-C, H and W dynamic, and returns the reconstruction and/or the segmentation logits (``medmtl.onnx_model``).
-Every export is run by onnxruntime against PyTorch on a seeded real input (a validation slice of the
-default MNI data) and a random one at another size and coil count; an error above tolerance fails the
-export and writes nothing. The file is moved into place only after it verified. Its metadata holds the
-medmtl version, task, class names, input contract and the measured errors.
+A recon+seg network's graph takes masked k-space (B, C, H, W, 2), the mask and its calibration region
+(B, 1, H, W, 1), with B, C, H and W dynamic, and returns the reconstruction and/or the segmentation logits. A
+lesion network's graph takes the 2.5D slice stack (B, S, H, W), the key slice's position (B,) and, if it was
+trained with them, non-imaging inputs (B, E), with B, H and W dynamic, and returns its raw head maps;
+detections are decoded outside the graph (``medmtl.onnx_model`` has both contracts). Every export is run by
+onnxruntime against PyTorch on a seeded real input from the default data and a random one at another size;
+an error above tolerance (for lesions, also any change in the decoded detections) fails the export and writes
+nothing. The file is moved into place only after it verified. Its metadata holds the medmtl version, task,
+class or tag names, input contract and the measured errors.
 """
 
 from __future__ import annotations
@@ -40,19 +43,20 @@ def run(args: argparse.Namespace) -> int:
 
     from medmtl.export import export_onnx, format_report
     from medmtl.inference import Predictor
+    from medmtl.lesion_export import export_lesion_onnx
+    from medmtl.models.lesion_net import LesionNet
 
     checkpoint = Path(args.checkpoint)
+    # Predictor.from_checkpoint rebuilds any medmtl network safely; without the segmentation requirement
+    # it takes lesion networks too.
     predictor = Predictor.from_checkpoint(checkpoint, require_segmentation=False)
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     precision = "fp16" if args.fp16 else "int8" if args.quantize else "fp32"
     print(f"medmtl export: tracing and verifying {checkpoint.name} ({precision}); this takes a minute or two")
-    report = export_onnx(
-        predictor.model,
-        predictor.classes,
-        args.output,
-        opset=args.opset,
-        precision=precision,
-        source=f"{checkpoint.name} sha256:{digest}",
-    )
+    options = {"opset": args.opset, "precision": precision, "source": f"{checkpoint.name} sha256:{digest}"}
+    if isinstance(predictor.model, LesionNet):
+        report = export_lesion_onnx(predictor.model, args.output, **options)
+    else:
+        report = export_onnx(predictor.model, predictor.classes, args.output, **options)
     print(format_report(report))
     return 0
