@@ -244,6 +244,30 @@ def _load_weights(path: Path, model: nn.Module, state: dict[str, Any], name: str
             raise InputError(path, f"holds NaN or Inf weights ({key}); did the training run diverge?")
 
 
+def load_network(path: str | os.PathLike) -> tuple[nn.Module, Mapping[str, Any]]:
+    """(the network a ``medmtl fit`` checkpoint describes, its weights loaded; the checkpoint's hyper-parameters).
+
+    Raises ``InputError(path, what)`` for a missing file, a file that is not a checkpoint, a checkpoint of
+    another kind of model, or weights that do not fit its configuration.
+    """
+    path = Path(path)
+    checkpoint = _load_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters")
+    hparams = hparams if isinstance(hparams, Mapping) else {}
+    class_path, init_args = _model_config(path, hparams)
+    prefix = "model."
+    state = {
+        k[len(prefix) :]: v
+        for k, v in checkpoint["state_dict"].items()
+        if isinstance(k, str) and k.startswith(prefix)
+    }
+    if not state:
+        raise InputError(path, f"holds no network weights (no state_dict key starts with {prefix!r})")
+    model = _build(path, class_path, init_args, len(state))
+    _load_weights(path, model, state, class_path.rpartition(".")[2])
+    return model, hparams
+
+
 class Predictor:
     """Reconstructs and segments k-space volumes with a trained network.
 
@@ -293,21 +317,7 @@ class Predictor:
         ``require_segmentation=False`` also accepts reconstruction-only networks (for ``run``). Raises ``InputError(path, what)`` for a missing file, a file that is not a checkpoint, or a
         checkpoint of another kind of model or whose weights do not fit its configuration.
         """
-        path = Path(path)
-        checkpoint = _load_checkpoint(path)
-        hparams = checkpoint.get("hyper_parameters")
-        hparams = hparams if isinstance(hparams, Mapping) else {}
-        class_path, init_args = _model_config(path, hparams)
-        prefix = "model."
-        state = {
-            k[len(prefix) :]: v
-            for k, v in checkpoint["state_dict"].items()
-            if isinstance(k, str) and k.startswith(prefix)
-        }
-        if not state:
-            raise InputError(path, f"holds no network weights (no state_dict key starts with {prefix!r})")
-        model = _build(path, class_path, init_args, len(state))
-        _load_weights(path, model, state, class_path.rpartition(".")[2])
+        model, hparams = load_network(path)
         classes = hparams.get("class_names")
         if classes is not None and not (
             isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)

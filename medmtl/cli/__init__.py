@@ -34,7 +34,7 @@ LIGHTNING_COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medmtl.cli import checkpoint, data, export, recon_seg
+    from medmtl.cli import checkpoint, data, export, lesion, recon_seg
 
     parser = OneLineParser(prog="medmtl", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"medmtl {__version__}")
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"{text} (see `medmtl {name} --help`)", add_help=False)
     data.register(sub)
     recon_seg.register(sub)
+    lesion.register(sub)
     checkpoint.register(sub)
     export.register(sub)
     return parser
