@@ -445,41 +445,112 @@ def recon_seg(out: Path, args: argparse.Namespace) -> int:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     methods = list(dict.fromkeys(["fixed", *args.rs_methods]))
-    checkpoints, timing, weights = {}, {}, {}
-    for method in methods:
-        run = out / method
-        layer = out / f"{method}.yaml"
-        layer.write_text(
-            json.dumps(recon_seg_layer(method, run, args.rs_steps, args.rs_epoch_steps), indent=1)
-        )
-        cmd = [sys.executable, "-m", "medmtl.cli", "fit", "-c", "configs/recon_seg_mni.yaml"]
-        cmd += ["-c", "configs/recon_seg_compare.yaml", "-c", str(layer)]
-        print(f"== {method}: {' '.join(cmd[2:])}", flush=True)
-        subprocess.run(cmd, cwd=repo, check=True)
-        checkpoints[method] = run / "checkpoints" / "last.ckpt"
-        timing[method] = json.loads((run / "step_times.json").read_text())
-        weights[method] = final_weights(run)
-    rows = evaluate(checkpoints, [4.0, 8.0], max(args.threads, min(os.cpu_count() or 1, 2)))
-    result = {"steps": args.rs_steps, "epoch_steps": args.rs_epoch_steps, "rows": rows}
-    result["timing"] = {m: {k: v for k, v in t.items() if k != "seconds"} for m, t in timing.items()}
-    result["final_weights"] = weights
-    with atomic_path(out / "balancing_recon_seg.json") as tmp:
+    threads = max(args.threads, min(os.cpu_count() or 1, 2))
+    saved = out / "balancing_recon_seg.json"
+    if args.rs_timing_only:
+        if not saved.is_file():
+            print(f"balancing.py: {saved}: no finished runs to time again", file=sys.stderr)
+            return 2
+        result = json.loads(saved.read_text())
+        methods = list(result["timing"])
+    else:
+        checkpoints, timing, weights = {}, {}, {}
+        for method in methods:
+            run = out / method
+            layer = out / f"{method}.yaml"
+            layer.write_text(
+                json.dumps(recon_seg_layer(method, run, args.rs_steps, args.rs_epoch_steps), indent=1)
+            )
+            cmd = [sys.executable, "-m", "medmtl.cli", "fit", "-c", "configs/recon_seg_mni.yaml"]
+            cmd += ["-c", "configs/recon_seg_compare.yaml", "-c", str(layer)]
+            print(f"== {method}: {' '.join(cmd[2:])}", flush=True)
+            subprocess.run(cmd, cwd=repo, check=True)
+            checkpoints[method] = run / "checkpoints" / "last.ckpt"
+            timing[method] = json.loads((run / "step_times.json").read_text())
+            weights[method] = final_weights(run)
+        result = {
+            "steps": args.rs_steps,
+            "epoch_steps": args.rs_epoch_steps,
+            "rows": evaluate(checkpoints, [4.0, 8.0], threads),
+            "timing": {m: {k: v for k, v in t.items() if k != "seconds"} for m, t in timing.items()},
+            "final_weights": weights,
+        }
+    print("== interleaved step timing", flush=True)
+    result["interleaved_s"] = recon_seg_step_times(methods, args.rs_timing_rounds, 3, threads)
+    with atomic_path(saved) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
     print()
     print(recon_seg_table(result))
     return 0
 
 
+def recon_seg_step_times(methods: list[str], rounds: int, steps: int, threads: int) -> dict[str, float]:
+    """Median seconds per training step of the recon+seg network under each balancer, timed in interleaved
+    rounds on one fixed batch (the same network, optimiser and batch as the runs), so that other load on
+    a shared machine hits every method alike. The first round is warm-up and left out."""
+    import importlib
+
+    from medmtl.data.datamodule import collate_samples
+    from medmtl.data.mni import SimulationOptions
+    from medmtl.data.online import SimulatedKSpaceDataset
+    from medmtl.keys import Keys
+    from medmtl.lightning.module import with_acs
+    from medmtl.lightning.shared import shared_parameters
+    from medmtl.models.recon_seg import ReconSegNet
+
+    torch.set_num_threads(threads)
+    options = SimulationOptions(
+        num_coils=8, accelerations=(4.0, 8.0), center_fractions=(0.08, 0.04), mask="equispaced"
+    )
+    data = SimulatedKSpaceDataset(split="train", options=options, crop=(128, 128), samples_per_epoch=2)
+    batch = with_acs(collate_samples([data[(0, 0)], data[(0, 1)]]))
+    steppers = {}
+    for method in methods:
+        spec = RECON_SEG_BALANCERS[method]
+        module, _, name = spec["class_path"].rpartition(".")
+        balancer = getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
+        torch.manual_seed(0)
+        net = ReconSegNet(mode="joint", num_cascades=4, num_classes=3)
+        opt = torch.optim.Adam([*net.parameters(), *balancer.parameters()], lr=2e-3)
+        steppers[method] = (net, balancer, opt, [])
+
+    def step(net, balancer, opt, shared) -> None:
+        opt.zero_grad(set_to_none=True)
+        out = net(batch[Keys.KSPACE], batch[Keys.MASK], batch[Keys.ACS], target=batch[Keys.TARGET])
+        losses = net.compute_losses(out, batch)
+        if balancer.needs_shared and not shared:
+            shared.extend(shared_parameters(losses, net.parameters()))
+        result = balancer.balance(
+            losses,
+            shared_params=shared or None,
+            shared_features=out.recon if balancer.needs_shared else None,
+        )
+        if result.loss is not None:
+            result.loss.backward()
+        opt.step()
+
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for r in range(rounds + 1):
+        for method, (net, balancer, opt, shared) in steppers.items():
+            for _ in range(steps):
+                start = time.perf_counter()
+                step(net, balancer, opt, shared)
+                if r:
+                    times[method].append(time.perf_counter() - start)
+    return {m: statistics.median(t) for m, t in times.items()}
+
+
 def recon_seg_table(result: dict) -> str:
     by = {(r["method"], r["acceleration"]): r for r in result["rows"]}
-    timing, weights = result["timing"], result["final_weights"]
+    timing, weights, inter = result["timing"], result["final_weights"], result["interleaved_s"]
     base = timing["fixed"]["median_s"]
     lines = [
         f"Equal budget: {result['steps']} steps, epochs of {result['epoch_steps']} steps, joint mode, "
-        f"batch 2, 128 x 128 windows; fixed takes {base:.2f} s/step",
+        f"batch 2, 128 x 128 windows; fixed takes {base:.2f} s/step in its run, "
+        f"{inter['fixed']:.2f} s/step interleaved",
         "| balancer | 4x SSIM | 4x PSNR | 4x Dice GM / WM | 8x SSIM | 8x PSNR | 8x Dice GM / WM "
-        "| final weights recon / seg | time/step vs fixed | peak RSS MiB |",
-        "|---" * 10 + "|",
+        "| final weights recon / seg | time/step vs fixed (in run) | (interleaved) | peak RSS MiB |",
+        "|---" * 11 + "|",
     ]
     for method, t in timing.items():
         cells = []
@@ -491,7 +562,8 @@ def recon_seg_table(result: dict) -> str:
         lines.append(
             f"| {method} | "
             + " | ".join(cells)
-            + f" | {ws} | {t['median_s'] / base:.2f} | {t['peak_rss_mib']:.0f} |"
+            + f" | {ws} | {t['median_s'] / base:.2f} | {inter[method] / inter['fixed']:.2f}"
+            + f" | {t['peak_rss_mib']:.0f} |"
         )
     for accel in (4.0, 8.0):
         r = by[("zero-filled", accel)]
@@ -524,6 +596,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rs-steps", type=int, default=300, help="--recon-seg: training steps per balancer")
     parser.add_argument("--rs-epoch-steps", type=int, default=20, help="--recon-seg: steps per epoch")
+    parser.add_argument(
+        "--rs-timing-rounds",
+        type=int,
+        default=6,
+        help="--recon-seg: interleaved timing rounds (3 steps each)",
+    )
+    parser.add_argument(
+        "--rs-timing-only",
+        action="store_true",
+        help="--recon-seg: reuse the finished runs in --out; only time steps again and print the table",
+    )
     parser.add_argument(
         "--rs-methods", nargs="+", default=list(RECON_SEG_BALANCERS), choices=list(RECON_SEG_BALANCERS)
     )
