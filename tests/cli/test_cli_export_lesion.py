@@ -108,3 +108,16 @@ def test_kspace_path_refuses_a_lesion_model(exported, tmp_path, make_kspace, cap
     )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "holds a 'lesion' model" in err, err
+
+
+def test_shipped_lesion_onnx_is_the_export_of_the_shipped_checkpoint():
+    import hashlib
+    from pathlib import Path
+
+    from medmtl.onnx_model import META_SOURCE, OnnxLesionNetwork, read_metadata
+
+    folder = Path(__file__).resolve().parents[2] / "models" / "lesion_mni"
+    digest = hashlib.sha256((folder / "model.ckpt").read_bytes()).hexdigest()
+    assert read_metadata(folder / "model.onnx")[META_SOURCE] == f"model.ckpt sha256:{digest}"
+    network = OnnxLesionNetwork(folder / "model.onnx")
+    assert network.num_slices == 9 and network.interval_mm == 2.0 and len(network.tag_names) == 14
