@@ -530,8 +530,11 @@ def recon_seg_step_times(methods: list[str], rounds: int, steps: int, threads: i
         opt.step()
 
     times: dict[str, list[float]] = {m: [] for m in methods}
+    names = list(steppers)
     for r in range(rounds + 1):
-        for method, (net, balancer, opt, shared) in steppers.items():
+        # Each round starts with another method, so that no method always follows the same one.
+        for method in names[r % len(names) :] + names[: r % len(names)]:
+            net, balancer, opt, shared = steppers[method]
             for _ in range(steps):
                 start = time.perf_counter()
                 step(net, balancer, opt, shared)

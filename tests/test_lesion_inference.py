@@ -4,11 +4,11 @@ sees, batches do not matter, clinical inputs and checkpoints are checked."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from lesion_files import save_lesion_checkpoint
 
 from medmtl.data.lesion_dataset import slice_sample
 from medmtl.data.lesion_geometry import measure_recist
@@ -219,23 +219,10 @@ def test_only_lesion_networks_and_sane_options():
         LesionPredictor.load("model.onnx")  # missing: the ONNX loader's error, naming the file
 
 
-def save_lesion_checkpoint(path: Path, **init_args) -> Path:
-    torch.manual_seed(1)
-    net = LesionNet(**init_args)
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
-            "hyper_parameters": {
-                "model": {"class_path": "medmtl.models.lesion_net.LesionNet", "init_args": init_args}
-            },
-        },
-        path,
-    )
-    return path
-
-
 def test_from_checkpoint(tmp_path):
-    path = save_lesion_checkpoint(tmp_path / "lesion.ckpt", widths=[4, 8], refine_hidden=4, tasks=["det"])
+    path = save_lesion_checkpoint(
+        tmp_path / "lesion.ckpt", {"widths": [4, 8], "refine_hidden": 4, "tasks": ["det"]}, seed=1
+    )
     predictor = LesionPredictor.load(path, batch_size=2)
     torch.manual_seed(1)
     expected = LesionNet(widths=(4, 8), refine_hidden=4, tasks=("det",)).state_dict()

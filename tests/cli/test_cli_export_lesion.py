@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from lesion_files import save_lesion_checkpoint
 from test_cli_recon_seg import write_input
 
 from medmtl.cli import main
 from medmtl.inference import Predictor
 from medmtl.lesion_export import compare_lesion, lesion_random_case
-from medmtl.models.lesion_net import LesionNet
 from medmtl.onnx_model import (
     META_CONTRACT,
     META_SOURCE,
@@ -38,29 +38,11 @@ DET_ONLY = {
 }
 
 
-def save_lesion_checkpoint(path: Path, init_args: dict, perturb: float = 0.2) -> Path:
-    """A checkpoint shaped like the ones `medmtl fit` writes for a ``LesionNet``, its weights spread by
-    ``perturb`` (the heatmap head starts at a constant prior)."""
-    torch.manual_seed(0)
-    net = LesionNet(**init_args)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(perturb * torch.randn_like(p))
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
-            "hyper_parameters": {"model": {"class_path": CLASS_PATH, "init_args": init_args}},
-        },
-        path,
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Path, Path, str]:
     """(checkpoint, its ONNX export, what `medmtl export` printed)."""
     folder = tmp_path_factory.mktemp("lesion_cli")
-    checkpoint = save_lesion_checkpoint(folder / "lesion.ckpt", DET_ONLY)
+    checkpoint = save_lesion_checkpoint(folder / "lesion.ckpt", DET_ONLY, perturb=0.2)
     output = folder / "lesion.onnx"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):

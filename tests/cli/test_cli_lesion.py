@@ -17,8 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from lesion_files import raw_nifti
+from lesion_files import raw_nifti, save_lesion_checkpoint
 from PIL import Image
 
 from medmtl.cli import main
@@ -26,33 +25,18 @@ from medmtl.cli.lesion import _DEFAULTS_SHOWN
 from medmtl.data.lesion_nifti import read_lesion_nifti
 from medmtl.lesion_inference import DEFAULT_BATCH_SIZE, LesionPredictor
 from medmtl.models.lesion_decode import decode_detections
-from medmtl.models.lesion_net import LesionNet
 
 SHAPE = (32, 30, 12)
 # Axes permuted, one flipped, anisotropic voxels, off-origin: the output geometry must follow.
 AFFINE = np.array([[0, -0.9, 0, 14.0], [0.8, 0, 0, -20.0], [0, 0, 2.5, 31.0], [0, 0, 0, 1]])
 
 
-def save_lesion_checkpoint(path: Path, **init_args) -> Path:
-    """A lesion checkpoint shaped like the ones `medmtl fit` writes (untrained weights)."""
-    torch.manual_seed(2)
-    net = LesionNet(widths=(4, 8), refine_hidden=4, **init_args)
-    init = {"widths": [4, 8], "refine_hidden": 4, **init_args}
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
-            "hyper_parameters": {
-                "model": {"class_path": "medmtl.models.lesion_net.LesionNet", "init_args": init}
-            },
-        },
-        path,
-    )
-    return path
+TINY = {"widths": [4, 8], "refine_hidden": 4}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return save_lesion_checkpoint(tmp_path_factory.mktemp("ckpt") / "lesion.ckpt")
+    return save_lesion_checkpoint(tmp_path_factory.mktemp("ckpt") / "lesion.ckpt", TINY, seed=2)
 
 
 def write_volume(path: Path, seed: int = 0) -> Path:
@@ -226,7 +210,7 @@ def test_bad_models_and_options(tmp_path, checkpoint, capfd):
 
 
 def test_a_network_that_reads_age_and_sex(tmp_path, capfd):
-    ckpt = save_lesion_checkpoint(tmp_path / "clinical.ckpt", num_clinical=2)
+    ckpt = save_lesion_checkpoint(tmp_path / "clinical.ckpt", {**TINY, "num_clinical": 2}, seed=2)
     src = write_volume(tmp_path / "in" / "v.nii.gz")
     args = ["--checkpoint", ckpt, "--input", src, "--output", tmp_path / "out", "--no-png"]
     assert_one_line_error(lesion(*args), capfd.readouterr().err, str(src), "--age", "--sex")
