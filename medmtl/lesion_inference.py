@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medmtl.data.lesion_dataset import intensity_range
+from medmtl.data.lesion_dataset import intensity_range, normalise
 from medmtl.data.lesion_record import LesionVolume
 from medmtl.errors import InputError
 from medmtl.inference import load_network
@@ -209,9 +209,7 @@ class LesionPredictor:
             context = np.stack(
                 [sample_context(image, spacing[2], k, network.num_slices, network.interval_mm) for k in ks]
             )
-            context = (context.astype(np.float32) - low) / (high - low)
-            if window is not None:
-                context = np.clip(context, 0, 1)
+            context = normalise(context, low, high, clip=window is not None)
             position = torch.tensor([k / last if last else 0.0 for k in ks], dtype=torch.float32)
             out = network(
                 torch.from_numpy(context).to(self.device),

@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     names: dict[str, Path] = {}
     total = 0
+    volume = None
     for path in paths:
         # Every volume is read once up front, so a bad file anywhere fails before any output exists.
         volume = read_volume(path)
@@ -148,9 +149,14 @@ def run(args: argparse.Namespace) -> int:
 
     found = 0
     with tqdm(total=total, unit="slice", desc="lesion", disable=None) as bar:
-        for name, path in names.items():
+        # The last volume checked is still in memory: run it first instead of reading it again (for a single
+        # input, the only read).
+        order = [volume.name, *(n for n in names if n != volume.name)]
+        for name in order:
+            path = names[name]
             bar.set_postfix_str(path.name)
-            volume = read_volume(path)
+            if volume is None or volume.name != name:
+                volume = read_volume(path)
             volume = replace(volume, meta={**volume.meta, **clinical})
             try:
                 result = predictor.predict_volume(volume, progress=bar.update)

@@ -63,6 +63,13 @@ def intensity_range(volume: np.ndarray, window: tuple[float, float] | None = Non
     return float(low), float(high)
 
 
+def normalise(values: np.ndarray, low: float, high: float, clip: bool) -> np.ndarray:
+    """float32 ``(values - low) / (high - low)``, clipped to [0, 1] when ``clip`` (a window was given): the
+    network's input scaling, shared by training samples and volume inference."""
+    values = (values.astype(np.float32) - low) / (high - low)
+    return np.clip(values, 0, 1) if clip else values
+
+
 class LesionSliceDataset(Dataset):
     """Key-slice samples from lesion volumes (see the module docstring).
 
@@ -178,9 +185,7 @@ def slice_sample(
     """The sample of slice ``k`` of ``volume`` (see the module docstring)."""
     low, high = intensity_range(volume.image, window)
     context = sample_context(volume.image, float(volume.spacing[2]), k, num_slices, interval_mm)
-    context = (context.astype(np.float32) - low) / (high - low)
-    if window is not None:
-        context = np.clip(context, 0, 1)
+    context = normalise(context, low, high, clip=window is not None)
     plane = volume.instances[:, :, k]
     labels = [n for n in np.unique(plane) if n != 0]
     num_tags = len(volume.tag_names)
