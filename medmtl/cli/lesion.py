@@ -1,7 +1,8 @@
-"""``medmtl lesion``: find lesions in NIfTI volumes with a trained lesion checkpoint.
+"""``medmtl lesion``: find lesions in NIfTI volumes or DICOM series with a trained lesion model.
 
-For every input volume ``<name>.nii.gz`` (or ``.nii``; a folder means the NIfTI files directly in it) it
-writes to OUTPUT:
+For every input volume ``<name>.nii.gz`` (or ``.nii``; a folder means the NIfTI files directly in it, or,
+when it holds none, the DICOM image series in it and its subfolders, named after the folder) it writes to
+OUTPUT:
 
 - ``<name>_findings.json``: the findings, by descending score (DESIGN.md, "Lesion findings"): voxel box in
   the array axes as nibabel loads them (k = slice axis), box in patient mm, score, tag probabilities, RECIST
@@ -10,7 +11,7 @@ writes to OUTPUT:
 - ``<name>_finding<n>.png`` for each finding n (not with --no-png): its key slice with box, mask and tags.
 
 Slices are linked into 3D findings when their boxes overlap on adjacent slices. A network that reads age
-and sex needs --age and --sex (NIfTI holds neither). Inputs are read-only; every input is read and checked
+and sex takes them from DICOM headers, or from --age and --sex (NIfTI holds neither; they override DICOM). Inputs are read-only; every input is read and checked
 before the first output is written.
 """
 
@@ -26,7 +27,7 @@ _DEFAULTS_SHOWN = {"batch_size": 8, "score_threshold": 0.1}
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "lesion",
-        help="find, tag and measure lesions in NIfTI volumes with a checkpoint",
+        help="find, tag and measure lesions in NIfTI volumes or DICOM series",
         description=__doc__.split("\n\n", 1)[1].replace("``", "`"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -34,7 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--checkpoint", metavar="CKPT", help="a lesion checkpoint written by `medmtl fit`")
     model.add_argument("--onnx", metavar="MODEL.onnx", help="an exported lesion model")
     parser.add_argument(
-        "--input", required=True, nargs="+", metavar="VOLUME_OR_DIR", help="NIfTI volume(s) or folder(s)"
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="VOLUME_OR_DIR",
+        help="NIfTI volume(s), folder(s) of NIfTI files, or DICOM series folder(s)",
     )
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder (created if missing)")
     parser.add_argument(
@@ -58,12 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def volume_paths(inputs: list[str]):
-    """The NIfTI files named by ``inputs`` (files, or folders whose NIfTI files are taken, sorted), each once.
-    Raises ``InputError`` for a missing path, a file that is not NIfTI, or a folder without NIfTI files."""
+    """The volumes named by ``inputs``: NIfTI files, folders whose NIfTI files are taken (sorted), or folders
+    without NIfTI files that hold a DICOM series (the folder itself stands for it), each once. Raises
+    ``InputError`` for a missing path, a file that is not NIfTI, or a folder with neither."""
     from pathlib import Path
 
     from medmtl.data.lesion_nifti import SUFFIXES
     from medmtl.errors import InputError
+    from medmtl.io.dicom import is_dicom_folder
 
     def is_nifti(path: Path) -> bool:
         return path.name.endswith(SUFFIXES) and not path.name.startswith(".")
@@ -72,12 +79,17 @@ def volume_paths(inputs: list[str]):
     for item in map(Path, inputs):
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if p.is_file() and is_nifti(p))
-            if not found:
-                raise InputError(item, "holds no .nii or .nii.gz files")
-            paths += found
+            if found:
+                paths += found
+            elif is_dicom_folder(item):
+                paths.append(item)
+            else:
+                raise InputError(item, "holds no .nii or .nii.gz files and no DICOM series")
         elif item.is_file():
             if not is_nifti(item):
-                raise InputError(item, "is not a NIfTI file (expected .nii or .nii.gz)")
+                raise InputError(
+                    item, "is not a NIfTI file (expected .nii or .nii.gz; give a DICOM series as its folder)"
+                )
             paths.append(item)
         else:
             raise InputError(item, "no such file or folder")
@@ -86,13 +98,36 @@ def volume_paths(inputs: list[str]):
 
 
 def read_volume(path):
-    """``read_lesion_nifti(path)`` with nibabel's header warnings held back: they go to stderr on their own
-    line ("pixdim[1,2,3] should be non-zero; setting 0 dims to 1"), and the reader's own checks refuse what
-    they warn about with one ``InputError``."""
+    """The ``LesionVolume`` of a NIfTI file or a DICOM series folder.
+
+    NIfTI: ``read_lesion_nifti(path)`` with nibabel's header warnings held back: they go to stderr on their
+    own line ("pixdim[1,2,3] should be non-zero; setting 0 dims to 1"), and the reader's own checks refuse
+    what they warn about with one ``InputError``. DICOM: ``read_dicom_series(path)``, named after the folder,
+    with the patient's age and sex from the headers where they hold them."""
     import logging
+    import warnings
+
+    import numpy as np
 
     from medmtl.data.lesion_nifti import read_lesion_nifti
+    from medmtl.data.lesion_record import LesionVolume
+    from medmtl.io.dicom import read_dicom_series
 
+    if path.is_dir():
+        with warnings.catch_warnings():
+            # pydicom warns about each invalid value it meets; the reader refuses what matters in one line.
+            warnings.simplefilter("ignore", UserWarning)
+            series = read_dicom_series(path)
+        return LesionVolume(
+            image=series.image,
+            spacing=series.spacing,
+            affine=series.affine,
+            instances=np.zeros(series.image.shape, np.int32),
+            lesions=(),
+            tag_names=(),
+            name=path.resolve().name,
+            meta={**series.meta, "dicom_series_uid": series.series_uid},
+        )
     logger = logging.getLogger("nibabel.global")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -163,7 +198,11 @@ def run(args: argparse.Namespace) -> int:
             except InputError as err:
                 raise InputError(path, err.what) from err
             write_findings_json(output / f"{name}_findings.json", result)
-            write_instance_nifti(output / f"{name}_instances.nii.gz", result.instances, path)
+            instances = output / f"{name}_instances.nii.gz"
+            if path.is_dir():  # a DICOM series: its geometry, no NIfTI header to copy
+                write_instance_nifti(instances, result.instances, affine=volume.affine)
+            else:
+                write_instance_nifti(instances, result.instances, path)
             if not args.no_png:
                 display = intensity_range(volume.image, predictor.window)
                 for number, finding in enumerate(result.findings, 1):

@@ -2,8 +2,9 @@
 
 - ``write_findings_json``: ``{"findings": [...]}`` (DESIGN.md, "Lesion findings");
 - ``write_instance_nifti``: the instance-label volume, int32, with the input's affine and header (its
-  sform/qform, units and extensions); scaling is reset, the intent set to NIfTI's "label", and the display
-  range to the labels' range. Always gzip-compressed, as ``.nii.gz``;
+  sform/qform, units and extensions), or for a DICOM input the series' affine (sform and qform, scanner
+  space, mm); scaling is reset, the intent set to NIfTI's "label", and the display range to the labels'
+  range. Always gzip-compressed, as ``.nii.gz``;
 - ``save_finding_png``: one finding on its key slice, the whole slice and a close-up, with its box, its mask's
   contour and its three likeliest tags. Rows are ``i`` and columns ``j``, as the array is stored (no
   radiological flip: the picture shows what the voxel indices say).
@@ -49,19 +50,33 @@ def write_findings_json(path: str | os.PathLike, result: VolumeFindings) -> Path
     return path
 
 
-def write_instance_nifti(path: str | os.PathLike, labels: np.ndarray, reference: str | os.PathLike) -> Path:
+def write_instance_nifti(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    reference: str | os.PathLike | None = None,
+    affine: np.ndarray | None = None,
+) -> Path:
     """Write ``labels`` (I, J, K) as an int32 NIfTI with the geometry and header of the NIfTI ``reference``
-    (see the module docstring); its shape must be ``reference``'s (I, J, K). Returns the path."""
+    (see the module docstring), whose shape must be ``reference``'s (I, J, K); or, without a reference
+    (a DICOM series), with ``affine`` (4, 4) voxel -> RAS+ mm. Returns the path."""
     labels = np.asarray(labels, np.int32)
-    try:
-        ref = nib.load(os.fspath(reference))
-    except Exception as err:  # nibabel raises many types for damaged files
-        raise InputError(reference, f"cannot be read as a NIfTI reference ({err})") from err
-    if not isinstance(ref, (nib.Nifti1Image, nib.Nifti2Image)) or tuple(ref.shape[:3]) != labels.shape:
-        raise InputError(
-            reference, f"is no single-file NIfTI of shape {labels.shape} to take the geometry from"
-        )
-    image = type(ref)(labels, ref.affine, header=ref.header.copy())
+    if reference is None:
+        if affine is None:
+            raise ValueError("write_instance_nifti needs a reference NIfTI or an affine")
+        image = nib.Nifti1Image(labels, np.asarray(affine, np.float64))
+        image.header.set_xyzt_units("mm")
+        image.set_qform(image.affine, code=1)
+        image.set_sform(image.affine, code=1)
+    else:
+        try:
+            ref = nib.load(os.fspath(reference))
+        except Exception as err:  # nibabel raises many types for damaged files
+            raise InputError(reference, f"cannot be read as a NIfTI reference ({err})") from err
+        if not isinstance(ref, (nib.Nifti1Image, nib.Nifti2Image)) or tuple(ref.shape[:3]) != labels.shape:
+            raise InputError(
+                reference, f"is no single-file NIfTI of shape {labels.shape} to take the geometry from"
+            )
+        image = type(ref)(labels, ref.affine, header=ref.header.copy())
     image.set_data_dtype(np.int32)
     image.header.set_slope_inter(1.0, 0.0)
     image.header.set_intent("label")

@@ -42,11 +42,13 @@ class LesionEvaluation(nn.Module):
 
     Args:
         tag_names: the network's tag names (T).
+        refined: decode with the score-refinement outputs where the network has them (False: the raw heads).
     """
 
-    def __init__(self, tag_names: tuple[str, ...]):
+    def __init__(self, tag_names: tuple[str, ...], refined: bool = True):
         super().__init__()
         self.tag_names = tuple(tag_names)
+        self.refined = refined
         # NaN until a validation chose them; F1 is then left out.
         self.register_buffer("tag_thresholds", torch.full((len(tag_names),), float("nan")))
         self.metrics = LesionMetrics()
@@ -59,7 +61,9 @@ class LesionEvaluation(nn.Module):
     def update(self, out: Any, batch: Mapping[str, Any]) -> None:
         """Add a batch: ``out`` a ``LesionOutput``, ``batch`` from ``collate_lesion_samples``."""
         context = batch[Keys.CONTEXT]
-        detections = decode_detections(out, context.shape[-2:], batch[Keys.PIXEL_SPACING])
+        detections = decode_detections(
+            out, context.shape[-2:], batch[Keys.PIXEL_SPACING], refined=self.refined
+        )
         mask = out.mask
         for b, det in enumerate(detections):
             gt_boxes = torch.as_tensor(batch[Keys.BOXES][b], dtype=torch.float32)
@@ -115,7 +119,9 @@ class LesionEvaluation(nn.Module):
                 values[f"{stage}/sens@{rate:g}fp_iou{iou:g}"] = sensitivity
             values[f"{stage}/froc_iou{iou:g}"] = curve["score"]
         values[f"{stage}/mAP"] = result["mAP"]
-        names = ["dice_mean", "long_axis_mae_mm", "short_axis_mae_mm", "tag_auc_mean", "tag_f1_mean"]
+        names = ["dice_mean", "long_axis_mae_mm", "short_axis_mae_mm"]
+        if self.tag_names:  # a network without the tag task has no tag metrics, not NaN ones
+            names += ["tag_auc_mean", "tag_f1_mean"]
         values.update({f"{stage}/{k}": result[k] for k in names if k in result})
         values[f"{stage}/num_lesions"] = float(result["num_lesions"])
         return {k: float(v) for k, v in values.items()}, result

@@ -91,6 +91,9 @@ class MultitaskModule(LightningModule):
         panel_every_n_val_steps: write a PNG panel of the first slice of every N-th validation or test
             batch (batch 0 included) under ``<log_dir>/panels`` (``val_epoch<E>_batch<B>.png`` during fit,
             ``validate_batch<B>.png`` and ``test_batch<B>.png`` for those commands); 0 writes none.
+        lesion_refined: lesion networks are scored with their score-refinement outputs where they have them;
+            False scores the raw detection and tag heads instead (the refinement ablation,
+            ``benchmarks/lesion_ablation.py``).
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class MultitaskModule(LightningModule):
         accumulate_grad_batches: int = 1,
         class_names: Sequence[str] = MNI_CLASSES,
         panel_every_n_val_steps: int = 50,
+        lesion_refined: bool = True,
     ):
         super().__init__()
         # Under LightningCLI the hyper-parameters are the parsed config (class paths and init args), which is
@@ -141,7 +145,10 @@ class MultitaskModule(LightningModule):
         self.recon_metrics = ReconMetrics()
         self.seg_metrics = SegMetrics(self.class_names)
         # Lesion networks (a detection task) are evaluated on decoded detections instead.
-        self.lesion_eval = LesionEvaluation(model.tag_names) if "det" in self.tasks else None
+        self.lesion_eval = None
+        if "det" in self.tasks:
+            tag_names = model.tag_names if "tag" in self.tasks else ()  # a detection-only network has no tags
+            self.lesion_eval = LesionEvaluation(tag_names, refined=lesion_refined)
         # Epoch means of each task loss (for balancer.observe_epoch and the val/test logs) and of the weighted
         # total, weighted by batch size. torchmetrics reduces them over the processes, each sample counting once
         # (Lightning's own sync_dist mean truncates the summed batch sizes of uneven shards to an integer).

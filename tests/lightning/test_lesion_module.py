@@ -148,3 +148,30 @@ def test_predict_points_to_the_lesion_command(tmp_path, capsys):
     config = tiny_lesion_config(tmp_path / "run")
     assert main(["predict", "-c", str(config)]) == 2
     assert "medmtl lesion" in capsys.readouterr().err
+
+
+def test_a_detection_only_network_trains_and_tests(tmp_path):
+    """The ablation's first row: no tag head, so no tag metrics and a FROC-only picture."""
+    config = tiny_lesion_config(tmp_path / "run")
+    override = ["--model.model.init_args.tasks", "[det]"]
+    assert main(["fit", "-c", str(config), *override]) == 0
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert main(["test", "-c", str(config), *override, "--ckpt_path", str(checkpoint)]) == 0
+    tested = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["metrics"]
+    assert "test/sens@1fp_iou0.5" in tested and "test/tag_auc_mean" not in tested
+    assert "test/loss_tag" not in tested
+    assert (tmp_path / "run" / "panels" / "test_lesion_metrics.png").stat().st_size > 0
+
+
+def test_scoring_without_refinement_reads_the_raw_heads():
+    data = KeySliceDataset([cuboid_volume()], num_slices=3, interval_mm=2.0)
+    batch = collate_lesion_samples([data[i] for i in range(len(data))])
+    out = perfect_output(batch)
+    # A refinement that silenced every detection: scored with it nothing is found, without it everything.
+    out = out._replace(refined_heatmap=torch.full_like(out.heatmap, -20.0))
+    results = {}
+    for refined in (True, False):
+        evaluation = LesionEvaluation(("odd", "even"), refined=refined)
+        evaluation.update(out, batch)
+        results[refined] = evaluation.compute("test", choose_thresholds=False)[0]["test/sens@1fp_iou0.5"]
+    assert results == {True: 0.0, False: 1.0}

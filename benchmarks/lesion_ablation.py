@@ -1,0 +1,161 @@
+"""MULAN's ablation at equal budget: detection only; + tags; + masks; + score refinement.
+
+Every row trains ``configs/lesion_mni.yaml`` with one more config layered last, which changes only the
+network's ``tasks``, the budget (``--steps`` steps, the one-cycle schedule stretched to it, a validation every
+quarter) and the output folder ``<out>/<row>``: the same seed, data, batch, crops and optimiser. Each final
+checkpoint (``last.ckpt``, tag thresholds chosen on the last validation) is then scored on the held-out test
+volumes by ``medmtl test``, as the shipped model is. The full row is scored a second time with
+``--model.lesion_refined false``: the same weights, read from the raw detection and tag heads instead of the
+refinement's outputs, which isolates what the refinement layer changes.
+
+    .venv/bin/python benchmarks/lesion_ablation.py --out runs/lesion_ablation --steps 2000
+
+Prints a table (sensitivity at 1 FP per image at IoU 0.5 and 0.1, mAP, mean tag AUC, mask Dice, long-axis
+error, median seconds per training step) and writes ``<out>/lesion_ablation.json``. A finished row is not
+trained again (delete its folder to redo it); ``--table-only`` prints the saved table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = "configs/lesion_mni.yaml"
+ROWS = {
+    "det": ["det"],
+    "det+tag": ["det", "tag"],
+    "det+tag+mask": ["det", "tag", "mask"],
+    "det+tag+mask+refine": ["det", "tag", "mask", "refine"],
+}
+COLUMNS = [
+    ("sens@1FP IoU0.5", "test/sens@1fp_iou0.5", "{:.3f}"),
+    ("sens@1FP IoU0.1", "test/sens@1fp_iou0.1", "{:.3f}"),
+    ("FROC mean IoU0.5", "test/froc_iou0.5", "{:.3f}"),
+    ("mAP", "test/mAP", "{:.3f}"),
+    ("tag AUC", "test/tag_auc_mean", "{:.3f}"),
+    ("mask Dice", "test/dice_mean", "{:.3f}"),
+    ("long axis mm", "test/long_axis_mae_mm", "{:.2f}"),
+]
+
+
+def layer(tasks: list[str], run: Path, steps: int) -> dict:
+    """The config layered last for one row (JSON is YAML)."""
+    return {
+        "trainer": {
+            "max_steps": steps,
+            "val_check_interval": max(1, steps // 4),
+            "default_root_dir": str(run),
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(run.parent), "name": run.name, "version": ""},
+            },
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"save_last": True, "save_top_k": 0, "enable_version_counter": False},
+                },
+                {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
+                {"class_path": "medmtl.lightning.MetricsJSON"},
+                {"class_path": "medmtl.lightning.StepTimer"},
+            ],
+        },
+        "model": {
+            "model": {"init_args": {"tasks": tasks}},
+            "scheduler": {
+                "class_path": "torch.optim.lr_scheduler.OneCycleLR",
+                "init_args": {"max_lr": 0.002, "total_steps": steps, "pct_start": 0.05},
+            },
+        },
+    }
+
+
+def medmtl(*args: str) -> None:
+    cmd = [sys.executable, "-m", "medmtl.cli", *args]
+    print("==", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def test_metrics(run: Path) -> dict[str, float]:
+    return json.loads((run / "metrics.json").read_text())["test"]["metrics"]
+
+
+def run_row(name: str, tasks: list[str], out: Path, steps: int) -> dict:
+    run = out / name
+    config = out / f"{name}.yaml"
+    done = run / "row.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    config.write_text(json.dumps(layer(tasks, run, steps), indent=1) + "\n")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    # A killed row resumes from its last checkpoint; a finished one ends at once.
+    resume = ["--ckpt_path", "last"] if ckpt.is_file() else []
+    medmtl("fit", "-c", CONFIG, "-c", str(config), *resume)
+    timing = json.loads((run / "step_times.json").read_text())
+    medmtl("test", "-c", CONFIG, "-c", str(config), "--ckpt_path", str(ckpt))
+    row = {"tasks": tasks, "metrics": test_metrics(run), "median_step_s": timing["median_s"]}
+    if "refine" in tasks:
+        medmtl(
+            "test",
+            "-c",
+            CONFIG,
+            "-c",
+            str(config),
+            "--ckpt_path",
+            str(ckpt),
+            "--model.lesion_refined",
+            "false",
+        )
+        row["unrefined_metrics"] = test_metrics(run)
+    done.write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def table(result: dict) -> str:
+    head = ["row", *[c[0] for c in COLUMNS], "s/step"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def line(name: str, metrics: dict, step: str) -> str:
+        cells = [fmt.format(metrics[k]) if metrics.get(k) is not None else "-" for _, k, fmt in COLUMNS]
+        return "| " + " | ".join([name, *cells, step]) + " |"
+
+    for name, row in result["rows"].items():
+        lines.append(line(name, row["metrics"], f"{row['median_step_s']:.3f}"))
+        if "unrefined_metrics" in row:
+            lines.append(line(f"{name}, scored without refinement", row["unrefined_metrics"], "same weights"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/lesion_ablation"))
+    parser.add_argument("--steps", type=int, default=2000, help="training steps per row (default 2000)")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--table-only", action="store_true", help="print the saved table")
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    saved = out / "lesion_ablation.json"
+    if args.table_only:
+        if not saved.is_file():
+            print(f"lesion_ablation.py: {saved}: no saved result", file=sys.stderr)
+            return 2
+        print(table(json.loads(saved.read_text())))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"steps": args.steps, "config": CONFIG, "rows": {}}
+    for name in args.rows:
+        result["rows"][name] = run_row(name, ROWS[name], out, args.steps)
+        tmp = saved.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.replace(saved)
+    print()
+    print(f"{args.steps} steps per row, {CONFIG}; test on the held-out sagittal volumes")
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
