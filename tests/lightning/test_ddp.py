@@ -134,3 +134,11 @@ def test_ddp_gradnorm_on_files(tmp_path, make_kspace):
         assert first == {"train/weight_recon": 1.0, "train/weight_seg": 1.0}
         assert last["train/weight_recon"] != 1.0  # GradNorm moved them
         assert last["train/weight_recon"] + last["train/weight_seg"] == pytest.approx(2.0, rel=1e-5)
+
+
+def test_fsdp_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
+    """Lightning's FSDP strategy needs CUDA; on a CPU machine `medmtl fit` says so instead of a traceback."""
+    config = tiny_config(tmp_path, trainer={"devices": 2, "strategy": "fsdp", "accelerator": "cpu"})
+    assert main(["fit", "-c", str(config)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "requires a GPU accelerator" in lines[0], lines
