@@ -1,9 +1,20 @@
-"""Inference latency of a recon+seg network: torch eager, torch ``inference_mode`` and onnxruntime, as ratios.
+"""Inference latency of the shipped networks: torch eager, torch ``inference_mode`` and onnxruntime, as ratios.
 
-The network is the shipped model (``models/recon_seg_mni/model.ckpt``) unless ``--checkpoint`` names another;
-it is exported with ``medmtl.export.export_onnx`` (verified against PyTorch on the timing input, at every
-``--precision``) into a temporary folder. The input is one simulated MNI slice (validation split, 4x
-equispaced, 0.08 centre) at ``--size`` with ``--coils`` coils, batch 1.
+Two tables (``--models`` picks):
+
+- recon+seg: the shipped model (``models/recon_seg_mni/model.ckpt``, or ``--checkpoint``) on one simulated
+  MNI slice (validation split, 4x equispaced, 0.08 centre) at ``--size`` with ``--coils`` coils, batch 1;
+- lesion: the shipped lesion model (``models/lesion_mni/model.ckpt``, or ``--lesion-checkpoint``) over the
+  network part of one ``--lesion-volume`` volume (default 256 x 256 x 64): as many 2.5D context stacks as
+  slices, in batches of ``--lesion-batch`` (``medmtl lesion``'s default 8). The inputs are seeded uniform
+  values in the network's normalised range: the network's time does not depend on them (decoding does, and
+  is timed by ``benchmarks/lesion_infer.py``).
+
+Each network is exported into a temporary folder at every ``--precision`` and verified there against PyTorch
+(``medmtl.export.export_onnx`` / ``medmtl.lesion_export.export_lesion_onnx``), on the default data's real
+case and on the timing input; the "accuracy" column is that verification on the timing input (recon: max
+relative error and segmentation argmax agreement; lesion: worst relative error of the head outputs and the
+agreement of decoded detections).
 
 - torch eager: ``net(...)`` under ``torch.no_grad``;
 - torch inference_mode: the same under ``torch.inference_mode``;
@@ -27,10 +38,13 @@ from pathlib import Path
 import torch
 
 from medmtl.export import export_onnx, format_report, real_case
-from medmtl.inference import Predictor
-from medmtl.onnx_model import OnnxNetwork
+from medmtl.inference import Predictor, load_network
+from medmtl.lesion_export import export_lesion_onnx, lesion_real_case
+from medmtl.onnx_model import OnnxLesionNetwork, OnnxNetwork
 
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "recon_seg_mni" / "model.ckpt"
+MODELS = Path(__file__).resolve().parents[1] / "models"
+SHIPPED = MODELS / "recon_seg_mni" / "model.ckpt"
+SHIPPED_LESION = MODELS / "lesion_mni" / "model.ckpt"
 
 
 def median_time(fn, runs: int, warmup: int) -> float:
@@ -44,18 +58,7 @@ def median_time(fn, runs: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=SHIPPED)
-    parser.add_argument("--coils", type=int, default=8)
-    parser.add_argument("--size", type=int, nargs=2, default=(256, 256))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"])
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
+def recon_seg(args: argparse.Namespace) -> list[tuple[str, float, str]]:
     predictor = Predictor.from_checkpoint(args.checkpoint, require_segmentation=False)
     net = predictor.model
     inputs = real_case(num_coils=args.coils, size=tuple(args.size))
@@ -69,33 +72,117 @@ def main() -> None:
             net(*inputs)
 
     rows = [
-        ("torch eager (no_grad)", median_time(eager, args.runs, args.warmup)),
-        ("torch inference_mode", median_time(inference, args.runs, args.warmup)),
+        ("torch eager (no_grad)", median_time(eager, args.runs, args.warmup), "reference"),
+        ("torch inference_mode", median_time(inference, args.runs, args.warmup), "same"),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for precision in args.precision:
             path = Path(tmp) / f"model_{precision}.onnx"
             report = export_onnx(
-                net, predictor.classes, path, precision=precision, cases={"timing input": inputs}
+                net,
+                predictor.classes,
+                path,
+                precision=precision,
+                cases={"real": real_case(), "timing": inputs},
             )
             print(format_report(report))
             onnx_net = OnnxNetwork(path, threads=args.threads)
-            rows.append(
-                (
-                    f"onnxruntime {precision}",
-                    median_time(lambda n=onnx_net: n(*inputs), args.runs, args.warmup),
-                )
+            seconds = median_time(lambda n=onnx_net: n(*inputs), args.runs, args.warmup)
+            timing = report.cases[-1]
+            accuracy = (
+                f"recon max rel {timing.recon_max_rel:.2g}, seg agreement {100 * timing.seg_agreement:.3f} %"
             )
+            rows.append((f"onnxruntime {precision}", seconds, accuracy))
+    return rows
 
+
+def lesion(args: argparse.Namespace) -> list[tuple[str, float, str]]:
+    net = load_network(args.lesion_checkpoint)[0].eval()
+    height, width, slices = args.lesion_volume
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for start in range(0, slices, args.lesion_batch):
+        b = min(args.lesion_batch, slices - start)
+        context = torch.rand(b, net.num_slices, height, width, generator=gen)
+        position = torch.linspace(start, start + b - 1, b) / max(slices - 1, 1)
+        clinical = (torch.rand(b, net.num_clinical, generator=gen),) if net.num_clinical else ()
+        batches.append((context, position, *clinical))
+
+    def volume(run) -> None:
+        for batch in batches:
+            run(*batch)
+
+    def eager():
+        with torch.no_grad():
+            volume(net)
+
+    def inference():
+        with torch.inference_mode():
+            volume(net)
+
+    rows = [
+        ("torch eager (no_grad)", median_time(eager, args.runs, args.warmup), "reference"),
+        ("torch inference_mode", median_time(inference, args.runs, args.warmup), "same"),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in args.precision:
+            path = Path(tmp) / f"lesion_{precision}.onnx"
+            cases = {"real": lesion_real_case(net), "timing": batches[0]}
+            report = export_lesion_onnx(net, path, precision=precision, cases=cases)
+            print(format_report(report))
+            onnx_net = OnnxLesionNetwork(path, threads=args.threads)
+            seconds = median_time(lambda n=onnx_net: volume(n), args.runs, args.warmup)
+            timing = report.cases[-1]
+            worst = max(timing.output_max_rel.values())
+            accuracy = f"max rel {worst:.2g}, detections agree {100 * timing.detection_agreement:.1f} %"
+            rows.append((f"onnxruntime {precision}", seconds, accuracy))
+    return rows
+
+
+def table(title: str, rows: list[tuple[str, float, str]]) -> str:
     eager_time = rows[0][1]
-    print(
-        f"\n{args.checkpoint.name}: B=1, {args.coils} coils, {args.size[0]}x{args.size[1]}, "
-        f"{args.threads} threads, median of {args.runs}"
+    lines = [title, "", "| path | ms | speed-up vs eager | accuracy vs torch |", "|---|---|---|---|"]
+    for name, seconds, accuracy in rows:
+        lines.append(f"| {name} | {1e3 * seconds:.1f} | {eager_time / seconds:.2f} | {accuracy} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models", nargs="+", default=["recon-seg", "lesion"], choices=["recon-seg", "lesion"]
     )
-    print(f"| {'path':<24} | {'ms':>9} | {'speed-up vs eager':>17} |")
-    print(f"|{'-' * 26}|{'-' * 11}|{'-' * 19}|")
-    for name, seconds in rows:
-        print(f"| {name:<24} | {1e3 * seconds:9.1f} | {eager_time / seconds:17.2f} |")
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED)
+    parser.add_argument("--coils", type=int, default=8)
+    parser.add_argument("--size", type=int, nargs=2, default=(256, 256))
+    parser.add_argument("--lesion-checkpoint", type=Path, default=SHIPPED_LESION)
+    parser.add_argument(
+        "--lesion-volume", type=int, nargs=3, default=(256, 256, 64), metavar=("H", "W", "SLICES")
+    )
+    parser.add_argument("--lesion-batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    tables = []
+    if "recon-seg" in args.models:
+        title = (
+            f"recon+seg, {args.checkpoint.name}: B=1, {args.coils} coils, {args.size[0]}x{args.size[1]}, "
+            f"{args.threads} threads, median of {args.runs}"
+        )
+        tables.append(table(title, recon_seg(args)))
+    if "lesion" in args.models:
+        h, w, k = args.lesion_volume
+        title = (
+            f"lesion, {args.lesion_checkpoint.name}: network over one {h}x{w}x{k} volume "
+            f"(batches of {args.lesion_batch}), {args.threads} threads, median of {args.runs}"
+        )
+        tables.append(table(title, lesion(args)))
+    print()
+    print("\n\n".join(tables))
 
 
 if __name__ == "__main__":

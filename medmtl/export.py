@@ -240,10 +240,27 @@ def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
 
 
 def _quantize(path: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """Dynamic int8 quantisation of the model at ``path``, in place.
 
+    onnxruntime's quantiser only quantises a Conv whose weight is an initializer. Complex convolutions on the
+    CPU build their real weights in the graph (the Gauss trick's sums, ``medmtl.nn.complex.conv``), so the
+    model first goes through onnxruntime's recommended pre-processing, whose graph optimisation folds such
+    constant subgraphs into initializers.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = path.with_name(f"pre_{path.name}")
     quantized = path.with_name(f"int8_{path.name}")
-    quantize_dynamic(os.fspath(path), os.fspath(quantized), weight_type=QuantType.QInt8)
+    try:
+        # Symbolic shape inference is skipped: the sizes are dynamic and ONNX's own inference suffices.
+        quant_pre_process(os.fspath(path), os.fspath(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(os.fspath(prepared), os.fspath(quantized), weight_type=QuantType.QInt8)
+    except Exception as err:  # onnxruntime's quantiser raises plain ValueErrors, among others
+        detail = " ".join(str(err).split())[:300]
+        raise ExportError(f"int8 quantisation failed: {type(err).__name__}: {detail}") from err
+    finally:
+        prepared.unlink(missing_ok=True)
     os.replace(quantized, path)
 
 

@@ -189,3 +189,16 @@ def test_shipped_onnx_is_the_export_of_the_shipped_checkpoint():
     assert metadata[META_SOURCE] == f"model.ckpt sha256:{digest}"
     for case in json.loads(metadata[META_VERIFICATION]):
         assert case["recon_max_rel"] <= 1e-4 and case["seg_agreement"] >= 0.999
+
+
+@pytest.mark.slow
+def test_int8_export_of_a_network_whose_convolutions_build_their_weights(tmp_path):
+    """Complex convolutions of 32 or more input channels run by the Gauss trick on the CPU, which builds their
+    real weights in the graph; the int8 export must still quantise and verify (it once raised a bare
+    ValueError from onnxruntime's quantiser)."""
+    wide = {**TINY_NET, "chans": 32, "pools": 1, "num_cascades": 1}
+    checkpoint = save_checkpoint(tmp_path / "wide.ckpt", wide, perturb=0.05)
+    output = tmp_path / "wide_int8.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(output), "--quantize"]) == 0
+    graph = onnx.load(output).graph
+    assert any(node.op_type in ("ConvInteger", "DynamicQuantizeLinear") for node in graph.node)
