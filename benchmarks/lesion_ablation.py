@@ -5,7 +5,7 @@ network's ``tasks``, the budget (``--steps`` steps, the one-cycle schedule stret
 quarter) and the output folder ``<out>/<row>``: the same seed, data, batch, crops and optimiser. Each final
 checkpoint (``last.ckpt``, tag thresholds chosen on the last validation) is then scored on the held-out test
 volumes by ``medmtl test``, as the shipped model is. The full row is scored a second time with
-``--model.lesion_refined false``: the same weights, read from the raw detection and tag heads instead of the
+``lesion_refined: false`` (``medmtl.lightning.MultitaskModule``): the same weights, read from the raw detection and tag heads instead of the
 refinement's outputs, which isolates what the refinement layer changes.
 
     .venv/bin/python benchmarks/lesion_ablation.py --out runs/lesion_ablation --steps 2000
@@ -22,6 +22,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/lesion_mni.yaml"
@@ -83,6 +85,14 @@ def test_metrics(run: Path) -> dict[str, float]:
     return json.loads((run / "metrics.json").read_text())["test"]["metrics"]
 
 
+def trained(run: Path, steps: int) -> bool:
+    """Whether the row's fit finished (its step timing is then kept: a resumed finished fit would redo it)."""
+    try:
+        return json.loads((run / "metrics.json").read_text())["fit"]["global_step"] >= steps
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def run_row(name: str, tasks: list[str], out: Path, steps: int) -> dict:
     run = out / name
     config = out / f"{name}.yaml"
@@ -91,24 +101,20 @@ def run_row(name: str, tasks: list[str], out: Path, steps: int) -> dict:
         return json.loads(done.read_text())
     config.write_text(json.dumps(layer(tasks, run, steps), indent=1) + "\n")
     ckpt = run / "checkpoints" / "last.ckpt"
-    # A killed row resumes from its last checkpoint; a finished one ends at once.
-    resume = ["--ckpt_path", "last"] if ckpt.is_file() else []
-    medmtl("fit", "-c", CONFIG, "-c", str(config), *resume)
+    if not trained(run, steps):  # a killed row resumes from its last checkpoint
+        resume = ["--ckpt_path", "last"] if ckpt.is_file() else []
+        medmtl("fit", "-c", CONFIG, "-c", str(config), *resume)
     timing = json.loads((run / "step_times.json").read_text())
     medmtl("test", "-c", CONFIG, "-c", str(config), "--ckpt_path", str(ckpt))
     row = {"tasks": tasks, "metrics": test_metrics(run), "median_step_s": timing["median_s"]}
     if "refine" in tasks:
-        medmtl(
-            "test",
-            "-c",
-            CONFIG,
-            "-c",
-            str(config),
-            "--ckpt_path",
-            str(ckpt),
-            "--model.lesion_refined",
-            "false",
-        )
+        # `medmtl test --ckpt_path` takes the model's arguments from the checkpoint's hyper-parameters, over
+        # the command line (LightningCLI), so the unrefined scoring reads a copy whose hyper-parameters say so.
+        unrefined = run / "checkpoints" / "unrefined.ckpt"
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state["hyper_parameters"]["lesion_refined"] = False
+        torch.save(state, unrefined)
+        medmtl("test", "-c", CONFIG, "-c", str(config), "--ckpt_path", str(unrefined))
         row["unrefined_metrics"] = test_metrics(run)
     done.write_text(json.dumps(row, indent=1) + "\n")
     return row

@@ -30,13 +30,26 @@ def write_series(
     orientation: Sequence[float] | None = None,
     series_uid: str | None = None,
     prefix: str = "",
+    pixel_spacing: tuple[float, float] | None = None,
+    rows: int | None = None,
+    tilt_mm: float = 0.0,
+    intercepts: Sequence[float] | None = None,
 ) -> tuple[Path, list[pydicom.Dataset]]:
     """``num_slices`` slices ``step_mm`` apart along the slice normal, each slice's pixels the source's plus
-    10 * k (k = position order). Returns the folder and the datasets in position order."""
+    10 * k (k = position order). Returns the folder and the datasets in position order.
+
+    pixel_spacing: (row, column) spacing in mm instead of the source's. rows: keep only the first rows (a
+    non-square image). tilt_mm: each slice also moves this far along the column direction (a gantry tilt).
+    intercepts: a Rescale Intercept per slice instead of the source's."""
     folder.mkdir(parents=True, exist_ok=True)
     base = source(name)
     if orientation is not None:
         base.ImageOrientationPatient = [float(v) for v in orientation]
+    if pixel_spacing is not None:
+        base.PixelSpacing = [float(v) for v in pixel_spacing]
+    if rows is not None:
+        base.PixelData = base.pixel_array[:rows].tobytes()
+        base.Rows = rows
     cosines = np.array([float(v) for v in base.ImageOrientationPatient])
     normal = np.cross(cosines[:3], cosines[3:])
     origin = np.array([float(v) for v in base.ImagePositionPatient])
@@ -49,7 +62,10 @@ def write_series(
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [round(float(v), 6) for v in origin + k * step_mm * normal]
+        position = origin + k * step_mm * normal + k * tilt_mm * cosines[3:]
+        ds.ImagePositionPatient = [round(float(v), 6) for v in position]
+        if intercepts is not None:
+            ds.RescaleIntercept = float(intercepts[k])
         pixels = base.pixel_array.astype(np.int32) + 10 * k
         ds.PixelData = pixels.astype(base.pixel_array.dtype).tobytes()
         ds.save_as(folder / f"{prefix}im{order[k]:03d}.dcm")

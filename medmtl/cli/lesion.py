@@ -126,7 +126,9 @@ def read_volume(path):
             lesions=(),
             tag_names=(),
             name=path.resolve().name,
-            meta={**series.meta, "dicom_series_uid": series.series_uid},
+            # Sex "O" (other) is no input a network was trained on: left unknown, so a network that reads
+            # sex asks for --sex instead of refusing the header's value.
+            meta={k: v for k, v in series.meta.items() if not (k == "sex" and v not in ("F", "M"))},
         )
     logger = logging.getLogger("nibabel.global")
     level = logger.level
@@ -174,6 +176,12 @@ def run(args: argparse.Namespace) -> int:
         if volume.name in names:
             raise InputError(
                 path, f"has the same name as {names[volume.name]}, so both would write {volume.name}_*"
+            )
+        if path.is_dir() and output.resolve().is_relative_to(path.resolve()):
+            # Outputs inside a DICOM folder would be read as its NIfTI volumes the next time.
+            raise InputError(
+                path,
+                f"is a DICOM input folder and --output {output} lies inside it; choose an --output outside it",
             )
         if (output / f"{volume.name}_instances.nii.gz").resolve() in {p.resolve() for p in paths}:
             raise InputError(

@@ -63,10 +63,15 @@ def write_instance_nifti(
     if reference is None:
         if affine is None:
             raise ValueError("write_instance_nifti needs a reference NIfTI or an affine")
-        image = nib.Nifti1Image(labels, np.asarray(affine, np.float64))
+        affine = np.asarray(affine, np.float64)
+        image = nib.Nifti1Image(labels, affine)
         image.header.set_xyzt_units("mm")
-        image.set_qform(image.affine, code=1)
-        image.set_sform(image.affine, code=1)
+        image.set_sform(affine, code=1)
+        # The qform holds rotations and zooms only: a sheared affine (a tilted CT gantry) lives in the sform
+        # alone, so that no reader places the labels by a qform that lost the shear.
+        columns = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+        orthogonal = np.allclose(columns.T @ columns, np.eye(3), atol=1e-6)
+        image.set_qform(affine if orthogonal else None, code=1 if orthogonal else 0)
     else:
         try:
             ref = nib.load(os.fspath(reference))

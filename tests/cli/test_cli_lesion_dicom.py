@@ -106,3 +106,17 @@ def test_a_broken_series_is_one_line_and_exit_2(tmp_path, checkpoint, capfd, kin
     assert_one_line_error(rc, capfd.readouterr().err, *words[kind])
     assert digests(folder) == before
     assert not (tmp_path / "out").exists()
+
+
+def test_outputs_inside_the_dicom_folder_are_refused(tmp_path, checkpoint, capfd):
+    """They would be read as the folder's NIfTI volumes the next time, instead of its series."""
+    folder, _ = write_series(tmp_path / "s", num_slices=3)
+    before = digests(folder)
+    capfd.readouterr()
+    rc = main(
+        ["lesion", "--checkpoint", str(checkpoint), "--input", str(folder), "--output", str(folder / "out")]
+    )
+    assert_one_line_error(
+        rc, capfd.readouterr().err, "is a DICOM input folder", "choose an --output outside it"
+    )
+    assert digests(folder) == before

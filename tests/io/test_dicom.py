@@ -91,7 +91,7 @@ def test_non_image_objects_and_other_files_are_passed_over(tmp_path):
 def test_several_series_need_a_uid(tmp_path):
     folder, first = write_series(tmp_path / "two", num_slices=3)
     _, second = write_series(tmp_path / "two", num_slices=2, prefix="b", name="MR_small.dcm")
-    with pytest.raises(InputError, match="holds 2 image series; choose one by its UID") as err:
+    with pytest.raises(InputError, match="holds 2 image series; give one series' folder") as err:
         read_dicom_series(folder)
     assert first[0].SeriesInstanceUID in str(err.value) and "\n" not in str(err.value)
     assert read_dicom_series(folder, series_uid=second[0].SeriesInstanceUID).image.shape == (64, 64, 2)
@@ -135,16 +135,18 @@ def test_two_slices_at_one_position_are_refused(tmp_path):
     [
         ({"ImagePositionPatient": None}, "has no ImagePositionPatient"),
         ({"PixelSpacing": ["nan", "0.66"]}, "PixelSpacing must be 2 finite numbers"),
-        ({"PixelSpacing": [0, 0.66]}, "PixelSpacing must be positive"),
+        ({"PixelSpacing": [0, 0.66]}, r"PixelSpacing must be in \(0, 1000\] mm"),
         ({"ImageOrientationPatient": [1, 0, 0, 1, 0, 0]}, "is not two orthogonal unit vectors"),
         ({"ImageOrientationPatient": [0, 1, 0, 1, 0, 0]}, "has another orientation than"),
         ({"PixelSpacing": [0.7, 0.7]}, "PixelSpacing .* differs from"),
-        ({"SamplesPerPixel": 3}, "is a colour image"),
+        ({"SamplesPerPixel": 3}, "3 samples per pixel; medmtl reads greyscale"),
+        ({"PhotometricInterpretation": "PALETTE COLOR"}, "is a 'PALETTE COLOR' image"),
+        ({"RescaleSlope": 0}, "RescaleSlope is 0"),
         ({"NumberOfFrames": 4}, "is a multi-frame image"),
         ({"Rows": 4096, "Columns": 4096}, "is 4096 x 4096, but"),
         ({"RescaleSlope": "inf"}, "RescaleSlope must be finite"),
         ({"BitsAllocated": 12}, "BitsAllocated 12 is not"),
-        ({"SeriesInstanceUID": None}, "has no SeriesInstanceUID"),
+        ({"SeriesInstanceUID": None}, "has no valid SeriesInstanceUID"),
     ],
     ids=lambda v: v if isinstance(v, str) else "-".join(v),
 )
@@ -191,6 +193,8 @@ def test_one_slice_empty_folders_and_other_sizes(tmp_path):
         read_dicom_series(tmp_path / "empty")
     with pytest.raises(InputError, match="no such file or folder"):
         read_dicom_series(tmp_path / "missing")
+    with pytest.raises(InputError, match="series holds one slice"):
+        read_dicom_series(next(folder.glob("*.dcm")))
     mixed = tmp_path / "mixed"
     _, ct = write_series(mixed, num_slices=2)
     ds = copy.deepcopy(source("MR_small.dcm"))
@@ -199,3 +203,74 @@ def test_one_slice_empty_folders_and_other_sizes(tmp_path):
     ds.save_as(mixed / "other.dcm")
     with pytest.raises(InputError, match=r"is 64 x 64, but .* is 128 x 128|is 128 x 128, but .* is 64 x 64"):
         read_dicom_series(mixed)
+
+
+def test_a_non_square_image_with_unequal_spacings_keeps_rows_and_columns_apart(tmp_path):
+    folder, written = write_series(tmp_path / "ct", num_slices=3, pixel_spacing=(0.5, 0.8), rows=100)
+    series = read_dicom_series(folder)
+    assert series.image.shape == (128, 100, 3)  # (columns, rows, slices)
+    np.testing.assert_array_equal(series.image[:, :, 1], modality_values(written[1]).T)
+    np.testing.assert_allclose(series.spacing, [0.8, 0.5, 2.5])
+    # Column index i moves 0.8 mm along the row direction (+x LPS = -x RAS), row index j 0.5 mm along +y LPS.
+    origin = series.affine @ [0, 0, 0, 1]
+    np.testing.assert_allclose(series.affine @ [7, 0, 0, 1] - origin, [-5.6, 0, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(series.affine @ [0, 9, 0, 1] - origin, [0, -4.5, 0, 0], atol=1e-9)
+
+
+def test_one_file_stands_for_its_series_and_slices_rescale_on_their_own(tmp_path):
+    folder, written = write_series(tmp_path / "ct", num_slices=3, intercepts=[-1024, -1000, 0])
+    write_series(folder, num_slices=2, prefix="mr", name="MR_small.dcm")  # another series beside it
+    one = _slice_file(folder, 2)
+    series = read_dicom_series(one)
+    assert series.image.shape == (128, 128, 3) and series.series_uid == written[0].SeriesInstanceUID
+    for k, ds in enumerate(written):
+        np.testing.assert_array_equal(series.image[:, :, k], modality_values(ds).T)
+    assert modality_values(written[2]).min() >= 0 > modality_values(written[0]).min()
+
+
+def test_a_gantry_tilt_shears_the_affine_and_a_steep_one_is_refused(tmp_path):
+    folder, written = write_series(tmp_path / "tilt", num_slices=4, step_mm=2.0, tilt_mm=0.5)
+    series = read_dicom_series(folder)
+    last = np.array([float(v) for v in written[3].ImagePositionPatient])
+    np.testing.assert_allclose(series.affine @ [0, 0, 3, 1], [*(last * [-1, -1, 1]), 1], atol=1e-5)
+    assert series.spacing[2] == pytest.approx(np.hypot(2.0, 0.5), abs=1e-5)
+    steep = write_series(tmp_path / "steep", num_slices=3, step_mm=1.0, tilt_mm=1.0)[0]
+    with pytest.raises(InputError, match=r"45\.0 degrees away from the slice normal"):
+        read_dicom_series(steep)
+
+
+def test_derived_objects_with_pixels_are_passed_over(tmp_path):
+    folder, _ = write_series(tmp_path / "ct", num_slices=3)
+    seg = source("CT_small.dcm")
+    seg.Modality = "SEG"
+    seg.SeriesInstanceUID = generate_uid()
+    seg.save_as(folder / "seg.dcm")
+    assert read_dicom_series(folder).image.shape == (128, 128, 3)
+
+
+@pytest.mark.parametrize("number", [1, 4])
+def test_a_file_cut_before_its_pixels_is_refused_not_skipped(tmp_path, number):
+    """Cut in its header, the first or last slice parses as a dataset without pixels: passing it over as a
+    non-image would silently drop a slice that no spacing check can miss."""
+    folder, _ = write_series(tmp_path / "ct", num_slices=4)
+    path = _slice_file(folder, number)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(InputError, match=f"^{path}: has no pixel data"):
+        read_dicom_series(folder)
+    path.write_bytes(b"")
+    with pytest.raises(InputError, match=f"^{path}: is not a readable DICOM file"):
+        read_dicom_series(folder)
+
+
+def test_deflated_files_and_oversized_series_are_refused_before_parsing(tmp_path, monkeypatch):
+    folder, _ = write_series(tmp_path / "ct", num_slices=3)
+    path = _slice_file(folder, 2)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(path)
+    with pytest.raises(InputError, match=f"^{path}: uses the deflated transfer syntax"):
+        read_dicom_series(folder)
+    clean, _ = write_series(tmp_path / "clean", num_slices=3)
+    monkeypatch.setattr("medmtl.io.dicom.MAX_VOXELS", 128 * 128 * 2)
+    with pytest.raises(InputError, match="holds 49152 voxels, above the limit of 32768"):
+        read_dicom_series(clean)
