@@ -16,6 +16,9 @@ case and on the timing input; the "accuracy" column is that verification on the 
 relative error and segmentation argmax agreement; lesion: worst relative error of the head outputs and the
 agreement of decoded detections).
 
+``--profile`` also runs the fp32 recon+seg export ``--runs`` times in an onnxruntime session with profiling on
+and prints each operator type's share of the node time (where the onnxruntime time goes).
+
 - torch eager: ``net(...)`` under ``torch.no_grad``;
 - torch inference_mode: the same under ``torch.inference_mode``;
 - onnxruntime: ``OnnxNetwork`` (CPU provider, ``--threads`` intra-op threads), which includes copying the
@@ -58,6 +61,32 @@ def median_time(fn, runs: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def op_shares(path: Path, feeds: dict, threads: int, runs: int) -> str:
+    """Each ONNX operator type's share of the node time over ``runs`` calls, as a table."""
+    import collections
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    total: collections.Counter = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            total[event["args"]["op_name"]] += event["dur"]
+    whole = sum(total.values())
+    lines = ["| operator | ms per call | share |", "|---|---|---|"]
+    for name, micros in total.most_common(10):
+        lines.append(f"| {name} | {micros / runs / 1e3:.1f} | {100 * micros / whole:.1f} % |")
+    return "\n".join(lines)
+
+
 def recon_seg(args: argparse.Namespace) -> list[tuple[str, float, str]]:
     predictor = Predictor.from_checkpoint(args.checkpoint, require_segmentation=False)
     net = predictor.model
@@ -93,6 +122,16 @@ def recon_seg(args: argparse.Namespace) -> list[tuple[str, float, str]]:
                 f"recon max rel {timing.recon_max_rel:.2g}, seg agreement {100 * timing.seg_agreement:.3f} %"
             )
             rows.append((f"onnxruntime {precision}", seconds, accuracy))
+            if args.profile and precision == "fp32":
+                kspace, mask, acs = inputs
+                b, _, h, w, _ = kspace.shape
+                feeds = {
+                    "kspace": kspace.numpy(),
+                    "mask": mask.expand(b, 1, h, w, 1).contiguous().numpy(),
+                    "acs_mask": acs.expand(b, 1, h, w, 1).contiguous().numpy(),
+                }
+                print(f"\nonnxruntime fp32 operator shares, recon+seg, {args.runs} calls:")
+                print(op_shares(path, feeds, args.threads, args.runs))
     return rows
 
 
@@ -164,6 +203,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--profile", action="store_true", help="print onnxruntime's operator shares (fp32)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
