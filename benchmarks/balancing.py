@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from fit_layers import trainer_layer
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -391,24 +392,7 @@ RECON_SEG_BALANCERS: dict[str, dict] = {
 def recon_seg_layer(method: str, run: Path, steps: int, epoch_steps: int) -> dict:
     """The config layered last for one balancer (JSON is YAML): balancer, output folder and budget."""
     return {
-        "trainer": {
-            "max_steps": steps,
-            "val_check_interval": epoch_steps,
-            "limit_val_batches": 2,
-            "default_root_dir": str(run),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(run.parent), "name": run.name, "version": ""},
-            },
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"save_last": True, "save_top_k": 0, "enable_version_counter": False},
-                },
-                {"class_path": "medmtl.lightning.MetricsJSON"},
-                {"class_path": "medmtl.lightning.StepTimer"},
-            ],
-        },
+        "trainer": {**trainer_layer(run, steps, epoch_steps), "limit_val_batches": 2},
         "model": {
             "balancer": RECON_SEG_BALANCERS[method],
             "scheduler": {

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import torch
+from fit_layers import trainer_layer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/lesion_mni.yaml"
@@ -47,24 +48,12 @@ COLUMNS = [
 def layer(tasks: list[str], run: Path, steps: int) -> dict:
     """The config layered last for one row (JSON is YAML)."""
     return {
-        "trainer": {
-            "max_steps": steps,
-            "val_check_interval": max(1, steps // 4),
-            "default_root_dir": str(run),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(run.parent), "name": run.name, "version": ""},
-            },
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"save_last": True, "save_top_k": 0, "enable_version_counter": False},
-                },
-                {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
-                {"class_path": "medmtl.lightning.MetricsJSON"},
-                {"class_path": "medmtl.lightning.StepTimer"},
-            ],
-        },
+        "trainer": trainer_layer(
+            run,
+            steps,
+            max(1, steps // 4),
+            ({"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},),
+        ),
         "model": {
             "model": {"init_args": {"tasks": tasks}},
             "scheduler": {

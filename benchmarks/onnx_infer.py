@@ -61,6 +61,23 @@ def median_time(fn, runs: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def torch_rows(call, args: argparse.Namespace) -> list[tuple[str, float, str]]:
+    """The two PyTorch rows: ``call()`` timed under ``torch.no_grad`` (eager) and ``torch.inference_mode``."""
+
+    def eager():
+        with torch.no_grad():
+            call()
+
+    def inference():
+        with torch.inference_mode():
+            call()
+
+    return [
+        ("torch eager (no_grad)", median_time(eager, args.runs, args.warmup), "reference"),
+        ("torch inference_mode", median_time(inference, args.runs, args.warmup), "same"),
+    ]
+
+
 def op_shares(path: Path, feeds: dict, threads: int, runs: int) -> str:
     """Each ONNX operator type's share of the node time over ``runs`` calls, as a table."""
     import collections
@@ -92,18 +109,7 @@ def recon_seg(args: argparse.Namespace) -> list[tuple[str, float, str]]:
     net = predictor.model
     inputs = real_case(num_coils=args.coils, size=tuple(args.size))
 
-    def eager():
-        with torch.no_grad():
-            net(*inputs)
-
-    def inference():
-        with torch.inference_mode():
-            net(*inputs)
-
-    rows = [
-        ("torch eager (no_grad)", median_time(eager, args.runs, args.warmup), "reference"),
-        ("torch inference_mode", median_time(inference, args.runs, args.warmup), "same"),
-    ]
+    rows = torch_rows(lambda: net(*inputs), args)
     with tempfile.TemporaryDirectory() as tmp:
         for precision in args.precision:
             path = Path(tmp) / f"model_{precision}.onnx"
@@ -151,18 +157,7 @@ def lesion(args: argparse.Namespace) -> list[tuple[str, float, str]]:
         for batch in batches:
             run(*batch)
 
-    def eager():
-        with torch.no_grad():
-            volume(net)
-
-    def inference():
-        with torch.inference_mode():
-            volume(net)
-
-    rows = [
-        ("torch eager (no_grad)", median_time(eager, args.runs, args.warmup), "reference"),
-        ("torch inference_mode", median_time(inference, args.runs, args.warmup), "same"),
-    ]
+    rows = torch_rows(lambda: volume(net), args)
     with tempfile.TemporaryDirectory() as tmp:
         for precision in args.precision:
             path = Path(tmp) / f"lesion_{precision}.onnx"

@@ -13,13 +13,12 @@ import pydicom
 import pytest
 from dicom_files import write_series
 from lesion_files import save_lesion_checkpoint
+from test_cli_lesion import TINY, assert_one_line_error
 
 from medmtl.cli import main
 from medmtl.data.lesion_nifti import read_lesion_nifti
 from medmtl.io.dicom import read_dicom_series
 from medmtl.lesion_inference import LesionPredictor
-
-TINY = {"widths": [4, 8], "refine_hidden": 4}
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +28,6 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
-
-
-def assert_one_line_error(rc: int, stderr: str, *words: str) -> None:
-    assert rc == 2
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("medmtl: error: "), stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def test_a_dicom_series_gives_what_its_nifti_gives(tmp_path, checkpoint):
