@@ -21,8 +21,8 @@ syntax (it inflates without a bound), missing or non-finite geometry (Image Posi
 (Patient), Pixel Spacing), non-orthonormal orientation, slices of other sizes, spacings or orientations than
 the first slice, two slices at one position (also echoes or time points of one acquisition), slice
 positions that are not evenly spaced along one line (a missing slice, a mixed series), a gantry tilt above
-``MAX_TILT_DEGREES`` (smaller tilts give a sheared affine), colour, palette or multi-frame images, a
-Modality LUT or a zero Rescale Slope, pixel data shorter than the header declares, more than ``MAX_FILES``
+``MAX_TILT_DEGREES`` (smaller tilts give a sheared affine), colour, palette, multi-frame or Siemens mosaic
+images, a Modality LUT or a zero Rescale Slope, pixel data shorter than the header declares, more than ``MAX_FILES``
 files or ``MAX_VOXELS`` voxels, and a series of one slice (a volume needs two).
 
 Memory: each file is read whole before it is parsed, so a damaged length field cannot make pydicom allocate
@@ -272,6 +272,12 @@ def _slice(path: Path, ds) -> _Slice:
     if frames is not None and str(frames).strip() != "" and int(frames) != 1:
         raise InputError(
             path, f"is a multi-frame image ({_short(frames)} frames); medmtl reads one slice per file"
+        )
+    image_type = ds.get("ImageType") or ()
+    values = image_type.split("\\") if isinstance(image_type, str) else list(image_type)
+    if "MOSAIC" in [str(v).strip().upper() for v in values]:
+        raise InputError(
+            path, "is a Siemens mosaic (many slices tiled in one image); convert it with dcm2niix first"
         )
     if "ModalityLUTSequence" in ds:
         raise InputError(path, "maps its pixels through a Modality LUT, which medmtl does not apply")

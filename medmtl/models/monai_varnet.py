@@ -17,6 +17,7 @@ from monai.apps.reconstruction.networks.nets.complex_unet import ComplexUnet
 from monai.apps.reconstruction.networks.nets.varnet import VariationalNetworkModel
 from torch import nn
 
+from medmtl.errors import InputError
 from medmtl.fft import ifft2c
 from medmtl.keys import Keys
 from medmtl.models.recon_seg import ReconSegOutput, _check_inputs, input_scale, recon_loss
@@ -55,6 +56,8 @@ class MonaiVarNet(nn.Module):
     ) -> ReconSegOutput:
         """kspace (B, C, H, W, 2); mask (B or 1, 1, 1, W, 1) 1D column mask (MONAI supports no other)."""
         _check_inputs(kspace, mask, acs_mask)
+        if mask.shape[2] != 1:
+            raise InputError("mask", f"MONAI's VarNet takes 1D column masks (B, 1, 1, W, 1), got {tuple(mask.shape)}")
         measured = kspace * mask
         scale = input_scale(ifft2c(measured))
         masks = mask.expand(kspace.shape[0], -1, -1, -1, -1)

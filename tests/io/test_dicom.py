@@ -274,3 +274,15 @@ def test_deflated_files_and_oversized_series_are_refused_before_parsing(tmp_path
     monkeypatch.setattr("medmtl.io.dicom.MAX_VOXELS", 128 * 128 * 2)
     with pytest.raises(InputError, match="holds 49152 voxels, above the limit of 32768"):
         read_dicom_series(clean)
+
+
+def test_a_real_siemens_mosaic_is_refused_not_read_as_one_slice(tmp_path):
+    """nibabel's 0.dcm and 1.dcm: two real Siemens diffusion MR files, each a mosaic of 48 slices tiled in one
+    256 x 256 image. Stacked as two slices they would make a meaningless volume without any other error."""
+    data = Path(nib.__file__).parent / "nicom" / "tests" / "data"
+    folder = tmp_path / "siemens"
+    folder.mkdir()
+    for name in ("0.dcm", "1.dcm"):
+        (folder / name).write_bytes((data / name).read_bytes())
+    with pytest.raises(InputError, match=r"is a Siemens mosaic .* convert it with dcm2niix"):
+        read_dicom_series(folder)

@@ -1,11 +1,23 @@
-"""The MONAI VarNet reference behind ReconSegNet's interface: shapes, intensity units, per-sample masks, loss."""
+"""The MONAI VarNet reference behind ReconSegNet's interface: shapes, intensity units, per-sample masks, loss, the
+FFT and calibration conventions it shares with MONAI, and a one-slice overfit."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from monai.apps.reconstruction.networks.nets.coil_sensitivity_model import CoilSensitivityModel
+from monai.networks.blocks.fft_utils_t import fftn_centered_t, ifftn_centered_t
 
+from medmtl.data.mni import SimulationOptions
+from medmtl.data.online import SimulatedKSpaceDataset
+from medmtl.errors import InputError
+from medmtl.fft import fft2c, ifft2c
 from medmtl.keys import Keys
+from medmtl.metrics.recon import ssim
 from medmtl.models.monai_varnet import MonaiVarNet
+from medmtl.transforms.acs import acs_mask_from_mask
+from medmtl.transforms.coils import rss_image
+from medmtl.transforms.masks import make_mask
 
 SMALL = {"num_cascades": 2, "sens_features": (4, 4, 8, 8, 8, 4), "features": (4, 4, 8, 8, 8, 4)}
 
@@ -64,3 +76,70 @@ def test_two_steps_reduce_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+# The conventions the adapter relies on, checked against MONAI's own code.
+
+
+@pytest.mark.parametrize(("h", "w"), [(6, 8), (7, 9), (8, 5)])
+def test_monai_ffts_are_medmtl_centred_orthonormal_ffts(h, w):
+    x = torch.randn(2, 3, h, w, 2, generator=torch.Generator().manual_seed(h * w))
+    torch.testing.assert_close(ifftn_centered_t(x, spatial_dims=2), ifft2c(x))
+    torch.testing.assert_close(fftn_centered_t(x, spatial_dims=2), fft2c(x))
+
+
+@pytest.mark.parametrize(
+    ("w", "acceleration", "center_fraction"),
+    # the comparison's windows (128) and validation slices (233) at 4x and 8x, and small odd/even widths
+    [(128, 4.0, 0.08), (128, 8.0, 0.04), (233, 4.0, 0.08), (233, 8.0, 0.04), (37, 4.0, 0.2), (40, 4.0, 0.2)],
+)
+@pytest.mark.parametrize("seed", range(4))
+def test_monai_calibration_window_covers_medmtl_acs_region(w, acceleration, center_fraction, seed):
+    """MONAI finds the calibration lines by itself (the adapter does not pass ``acs_mask``): its window must
+    hold medmtl's ACS region, and at most an outer line that happens to touch it on each side."""
+    mask = torch.from_numpy(make_mask("equispaced", (1, w), acceleration, center_fraction, rng=seed))
+    acs = acs_mask_from_mask(mask).flatten().nonzero().flatten()
+    mask = mask.reshape(1, 1, 1, w, 1).bool()
+    left, right = CoilSensitivityModel().get_fully_sampled_region(mask)
+    start = (w - (right - left) + 1) // 2  # the window MONAI copies out of k-space
+    assert start <= acs[0] and acs[-1] < start + (right - left) <= start + acs.numel() + 2
+
+
+def test_rejects_a_2d_mask_with_input_error():
+    net = MonaiVarNet(**SMALL)
+    kspace = torch.zeros(1, 2, 16, 16, 2)
+    mask = torch.ones(1, 1, 16, 16, 1)
+    with pytest.raises(InputError, match="mask"):
+        net(kspace, mask, mask)
+
+
+@pytest.fixture(scope="module")
+def simulated_slice() -> dict[str, torch.Tensor]:
+    """One simulated MNI slice at 64 x 64, 4 coils, 4x equispaced with an 8 % centre, as a batch of 1."""
+    sample = SimulatedKSpaceDataset("val", options=SimulationOptions(num_coils=4, size=(64, 64)))[0]
+    return {k: sample[k][None] for k in (Keys.KSPACE, Keys.MASK, Keys.TARGET)}
+
+
+def _nrmse(recon: torch.Tensor, target: torch.Tensor) -> float:
+    return float((recon - target).norm() / target.norm())
+
+
+def test_overfits_one_simulated_slice_beyond_zero_filling(simulated_slice):
+    """An end-to-end check of the adapter's mask, k-space and intensity conventions: any of them wrong and the
+    data consistency fights the target, so 60 Adam steps on one slice do not get far below zero-filling."""
+    kspace, mask, target = (simulated_slice[k] for k in (Keys.KSPACE, Keys.MASK, Keys.TARGET))
+    zero_filled = rss_image(kspace)
+    torch.manual_seed(0)
+    features = (8, 8, 16, 32, 64, 8)
+    net = MonaiVarNet(num_cascades=2, sens_features=features, features=features)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(60):
+        loss = net.compute_losses(net(kspace, mask, mask), simulated_slice)["recon"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        recon = net(kspace, mask, mask).recon
+    # measured: NRMSE 0.058 against zero-filling's 0.109; SSIM 0.90 against 0.64
+    assert _nrmse(recon, target) < 0.75 * _nrmse(zero_filled, target)
+    assert ssim(recon.double(), target.double()).item() > ssim(zero_filled.double(), target.double()).item() + 0.1
