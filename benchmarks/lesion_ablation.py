@@ -45,9 +45,10 @@ COLUMNS = [
 ]
 
 
-def layer(tasks: list[str], run: Path, steps: int) -> dict:
+def layer(tasks: list[str], run: Path, steps: int, seed: int = 0) -> dict:
     """The config layered last for one row (JSON is YAML)."""
     return {
+        "seed_everything": seed,
         "trainer": trainer_layer(
             run,
             steps,
@@ -82,13 +83,13 @@ def trained(run: Path, steps: int) -> bool:
         return False
 
 
-def run_row(name: str, tasks: list[str], out: Path, steps: int) -> dict:
+def run_row(name: str, tasks: list[str], out: Path, steps: int, seed: int) -> dict:
     run = out / name
     config = out / f"{name}.yaml"
     done = run / "row.json"
     if done.is_file():
         return json.loads(done.read_text())
-    config.write_text(json.dumps(layer(tasks, run, steps), indent=1) + "\n")
+    config.write_text(json.dumps(layer(tasks, run, steps, seed), indent=1) + "\n")
     ckpt = run / "checkpoints" / "last.ckpt"
     if not trained(run, steps):  # a killed row resumes from its last checkpoint
         resume = ["--ckpt_path", "last"] if ckpt.is_file() else []
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/lesion_ablation"))
     parser.add_argument("--steps", type=int, default=2000, help="training steps per row (default 2000)")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--seed", type=int, default=0, help="seed_everything of every row (default 0)")
     parser.add_argument("--table-only", action="store_true", help="print the saved table")
     args = parser.parse_args(argv)
     out = args.out.resolve()
@@ -140,14 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         print(table(json.loads(saved.read_text())))
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    result = {"steps": args.steps, "config": CONFIG, "rows": {}}
+    result = {"steps": args.steps, "seed": args.seed, "config": CONFIG, "rows": {}}
     for name in args.rows:
-        result["rows"][name] = run_row(name, ROWS[name], out, args.steps)
+        result["rows"][name] = run_row(name, ROWS[name], out, args.steps, args.seed)
         tmp = saved.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1) + "\n")
         tmp.replace(saved)
     print()
-    print(f"{args.steps} steps per row, {CONFIG}; test on the held-out sagittal volumes")
+    print(f"{args.steps} steps per row, seed {args.seed}, {CONFIG}; test on the held-out sagittal volumes")
     print(table(result))
     return 0
 
