@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--score-threshold",
         type=float,
         metavar="P",
-        help=f"least detection score kept, in [0, 1] (default: {_DEFAULTS_SHOWN['score_threshold']})",
+        help=f"least detection score kept, in [0, 1] (default: {_DEFAULTS_SHOWN['score_threshold']}, every "
+        "candidate; `medmtl validate` logs val/score_at_1fp, the score at 1 false positive per slice)",
     )
     parser.add_argument("--no-png", action="store_true", help="do not write a PNG per finding")
     parser.add_argument("--age", type=float, metavar="YEARS", help="patient age, for networks that read it")

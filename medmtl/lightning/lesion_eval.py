@@ -119,6 +119,7 @@ class LesionEvaluation(nn.Module):
                 values[f"{stage}/sens@{rate:g}fp_iou{iou:g}"] = sensitivity
             values[f"{stage}/froc_iou{iou:g}"] = curve["score"]
         values[f"{stage}/mAP"] = result["mAP"]
+        values[f"{stage}/score_at_1fp"] = result["score_at_1fp"]
         names = ["dice_mean", "long_axis_mae_mm", "short_axis_mae_mm"]
         if self.tag_names:  # a network without the tag task has no tag metrics, not NaN ones
             names += ["tag_auc_mean", "tag_f1_mean"]

@@ -52,6 +52,7 @@ from medmtl.metrics.tag_metrics import tag_auc, tag_f1
 FROC_FP_RATES = (0.5, 1.0, 2.0, 4.0, 8.0)
 FROC_IOUS = (0.5, 0.1)
 MATCH_IOU = 0.5
+OPERATING_IOU = 0.5  # the IoU of the inference operating point (score_at_1fp), MULAN's criterion
 COCO_IOUS = (0.1, 0.5)
 COCO_IOU_RANGE = (0.1, 0.5, 0.05)
 MAX_DETECTIONS = 100
@@ -125,6 +126,25 @@ def froc(
         "at": at,
         "score": float(np.mean(list(at.values()))),
     }
+
+
+def score_at_fp_rate(scores, is_tp, num_images: int, rate: float) -> float:
+    """The lowest score threshold at which the detections kept (score >= threshold) hold at most ``rate``
+    false positives per image: an operating point for inference chosen on a validation set.
+
+    scores, is_tp: (D,) every detection's score and TP flag over ``num_images`` images. With no more false
+    positives than allowed it is the lowest detection score (every detection is kept); NaN without images or
+    detections.
+    """
+    scores, is_tp = np.asarray(scores, np.float64).reshape(-1), np.asarray(is_tp, bool).reshape(-1)
+    if num_images == 0 or len(scores) == 0:
+        return float("nan")
+    false = np.sort(scores[~is_tp])[::-1]
+    allowed = int(np.floor(rate * num_images + 1e-9))
+    if allowed >= len(false):
+        return float(scores.min())
+    # Keep what scores above the first false positive over the budget (ties with it are dropped with it).
+    return float(np.nextafter(false[allowed], np.inf))
 
 
 def _array(value, name: str, shape: tuple[int | None, ...]) -> np.ndarray:
@@ -273,7 +293,8 @@ class LesionMetrics:
         hold one class only, listed in ``tag_auc_skipped``, and ``tag_auc_mean`` over the others;
         ``tag_f1`` (T,) and ``tag_f1_mean`` when thresholds are given; ``dice_mean``, ``dice_count``;
         ``long_axis_mae_mm``, ``short_axis_mae_mm`` and the pairs behind each, ``long_axis_count``,
-        ``short_axis_count``.
+        ``short_axis_count``; ``score_at_1fp``: ``score_at_fp_rate`` at 1 false positive per image and IoU
+        ``OPERATING_IOU`` (a threshold for ``medmtl lesion --score-threshold``).
         """
         scores = np.concatenate([np.zeros(0), *self._scores])
         out: dict = {
@@ -282,9 +303,12 @@ class LesionMetrics:
             "num_detections": len(scores),
         }
         out["froc"] = {}
+        out["score_at_1fp"] = float("nan")
         for t in self.froc_ious:
             is_tp = np.concatenate([np.zeros(0, bool), *self._tp[t]])
             out["froc"][t] = froc(scores, is_tp, self.num_lesions, self.num_images, self.fp_rates)
+            if t == OPERATING_IOU:
+                out["score_at_1fp"] = score_at_fp_rate(scores, is_tp, self.num_images, 1.0)
         coco = {}
         if self.num_lesions:  # MONAI logs to the root logger when a class has no ground truth
             values = self._coco(self._coco_matches)[0]

@@ -10,7 +10,7 @@ from monai.apps.detection.metrics.matching import matching_batch
 from monai.metrics import compute_froc_curve_data, compute_froc_score
 
 from medmtl.errors import InputError
-from medmtl.metrics.lesion import COCO_IOU_RANGE, LesionMetrics, box_iou, froc, greedy_match
+from medmtl.metrics.lesion import COCO_IOU_RANGE, LesionMetrics, box_iou, froc, greedy_match, score_at_fp_rate
 
 SIZE = (64, 64)
 NAN = float("nan")
@@ -275,3 +275,19 @@ def test_tag_count_must_stay_the_same():
     metrics.update([G1], [0.5], np.zeros((1, 2)), [G1], np.zeros((1, 2)))
     with pytest.raises(InputError, match="earlier images had 2"):
         metrics.update([G1], [0.5], np.zeros((1, 3)), [G1], np.zeros((1, 3)))
+
+
+def test_score_at_fp_rate_by_hand():
+    # 2 images; false positives score 0.9, 0.6, 0.3; true positives 0.8, 0.2.
+    scores = [0.9, 0.8, 0.6, 0.3, 0.2]
+    is_tp = [False, True, False, False, True]
+    # 1 FP per image over 2 images allows 2 FPs: keep above the third (0.3), i.e. 0.9, 0.8, 0.6.
+    t = score_at_fp_rate(scores, is_tp, num_images=2, rate=1.0)
+    assert 0.3 < t <= 0.3 + 1e-12
+    kept = np.asarray(scores) >= t
+    assert (kept & ~np.asarray(is_tp)).sum() == 2 and kept.sum() == 3
+    # 0.5 FP per image allows 1: keep above 0.6.
+    assert 0.6 < score_at_fp_rate(scores, is_tp, 2, 0.5) <= 0.6 + 1e-12
+    # A budget above the false positives keeps everything; no detections or images give NaN.
+    assert score_at_fp_rate(scores, is_tp, 4, 1.0) == 0.2
+    assert np.isnan(score_at_fp_rate([], [], 2, 1.0)) and np.isnan(score_at_fp_rate(scores, is_tp, 0, 1.0))
