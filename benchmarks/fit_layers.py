@@ -17,7 +17,7 @@ def trainer_layer(run: Path, steps: int, val_check_interval: int, callbacks: tup
         "val_check_interval": val_check_interval,
         "default_root_dir": str(run),
         "logger": {
-            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "class_path": "medmtl.lightning.CSVLogger",
             "init_args": {"save_dir": str(run.parent), "name": run.name, "version": ""},
         },
         "callbacks": [

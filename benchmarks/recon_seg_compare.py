@@ -45,7 +45,7 @@ def row_config(row: str, cascades: int, out: Path, steps: int) -> str:
         )
     return (
         f"trainer:\n  max_steps: {steps}\n  val_check_interval: {steps}\n  default_root_dir: {out}\n"
-        f"  logger:\n    class_path: lightning.pytorch.loggers.CSVLogger\n"
+        f"  logger:\n    class_path: medmtl.lightning.CSVLogger\n"
         f"    init_args: {{save_dir: {out.parent}, name: {out.name}, version: ''}}\n"
         f"model:\n  model:\n    {model}\n"
         f"  scheduler:\n    class_path: torch.optim.lr_scheduler.CosineAnnealingLR\n"

@@ -1,6 +1,7 @@
 """The Lightning layer: ``MultitaskModule``, its callbacks, PNG panels and the ``medmtl fit|validate|test|predict`` CLI."""
 
 from medmtl.lightning.callbacks import MetricsJSON, PredictionWriter, StepTimer
+from medmtl.lightning.csv_logger import CSVLogger
 from medmtl.lightning.module import MultitaskModule
 
-__all__ = ["MetricsJSON", "MultitaskModule", "PredictionWriter", "StepTimer"]
+__all__ = ["CSVLogger", "MetricsJSON", "MultitaskModule", "PredictionWriter", "StepTimer"]
