@@ -162,3 +162,18 @@ def test_overfits_one_simulated_slice_beyond_zero_filling(simulated_slice):
         ssim(recon.double(), target.double()).item()
         > ssim(zero_filled.double(), target.double()).item() + 0.1
     )
+
+
+def test_untrained_monai_varnet_starts_far_brighter_than_the_target():
+    """The consequence the README names for the comparison row: at the comparison's size (128 x 128, 8 coils,
+    4x, 4 cascades, MONAI's default widths) the untrained network's output is more than twice as bright as the
+    target, where the zero-filled image is at about its level."""
+    torch.manual_seed(0)
+    sample = SimulatedKSpaceDataset("val", options=SimulationOptions(num_coils=8, size=(128, 128)))[0]
+    kspace, mask, target = (sample[k][None] for k in (Keys.KSPACE, Keys.MASK, Keys.TARGET))
+    net = MonaiVarNet(num_cascades=4).eval()
+    with torch.no_grad():
+        recon = net(kspace, mask, acs_mask_from_mask(mask[0])[None]).recon
+    zero_filled = rss_image(kspace * mask)
+    assert float(recon.mean() / target.mean()) > 2.0
+    assert 0.5 < float(zero_filled.mean() / target.mean()) < 1.5
