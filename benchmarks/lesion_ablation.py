@@ -88,7 +88,11 @@ def run_row(name: str, tasks: list[str], out: Path, steps: int, seed: int) -> di
     config = out / f"{name}.yaml"
     done = run / "row.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        row = json.loads(done.read_text())
+        made = {k: row.get(k) for k in ("tasks", "steps", "seed")}
+        if made != {"tasks": tasks, "steps": steps, "seed": seed}:
+            raise SystemExit(f"lesion_ablation.py: {run} holds a row made with {made}; choose another --out")
+        return row
     config.write_text(json.dumps(layer(tasks, run, steps, seed), indent=1) + "\n")
     ckpt = run / "checkpoints" / "last.ckpt"
     if not trained(run, steps):  # a killed row resumes from its last checkpoint
@@ -96,7 +100,13 @@ def run_row(name: str, tasks: list[str], out: Path, steps: int, seed: int) -> di
         medmtl("fit", "-c", CONFIG, "-c", str(config), *resume)
     timing = json.loads((run / "step_times.json").read_text())
     medmtl("test", "-c", CONFIG, "-c", str(config), "--ckpt_path", str(ckpt))
-    row = {"tasks": tasks, "metrics": test_metrics(run), "median_step_s": timing["median_s"]}
+    row = {
+        "tasks": tasks,
+        "steps": steps,
+        "seed": seed,
+        "metrics": test_metrics(run),
+        "median_step_s": timing["median_s"],
+    }
     if "refine" in tasks:
         # `medmtl test --ckpt_path` takes the model's arguments from the checkpoint's hyper-parameters, over
         # the command line (LightningCLI), so the unrefined scoring reads a copy whose hyper-parameters say so.
@@ -119,7 +129,8 @@ def table(result: dict) -> str:
         return "| " + " | ".join([name, *cells, step]) + " |"
 
     for name, row in result["rows"].items():
-        lines.append(line(name, row["metrics"], f"{row['median_step_s']:.3f}"))
+        step = row.get("median_step_s")
+        lines.append(line(name, row["metrics"], "-" if step is None else f"{step:.3f}"))
         if "unrefined_metrics" in row:
             lines.append(line(f"{name}, scored without refinement", row["unrefined_metrics"], "same weights"))
     return "\n".join(lines)
