@@ -32,7 +32,8 @@ _TOP_TAGS = 3
 # The close-up shows the box with this much margin on each side (times its extent), at least _MIN_VIEW_PX.
 _MARGIN, _MIN_VIEW_PX = 1.0, 32
 _BOX_COLOUR, _MASK_COLOUR = "tab:orange", "tab:cyan"
-_GZIP_LEVEL = 6  # labels are mostly zeros; higher levels only cost time
+_GZIP_LEVEL = 6
+_QFORM_ATOL = 1e-3  # off-orthogonality of an affine's unit columns still written as a qform  # labels are mostly zeros; higher levels only cost time
 
 
 def write_findings_json(path: str | os.PathLike, result: VolumeFindings) -> Path:
@@ -69,8 +70,10 @@ def write_instance_nifti(
         image.set_sform(affine, code=1)
         # The qform holds rotations and zooms only: a sheared affine (a tilted CT gantry) lives in the sform
         # alone, so that no reader places the labels by a qform that lost the shear.
+        # Headers round positions and cosines (the DICOM reader accepts 1e-3), so an untilted series is
+        # orthogonal to that tolerance, and nibabel stores the nearest rotation in the qform.
         columns = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
-        orthogonal = np.allclose(columns.T @ columns, np.eye(3), atol=1e-6)
+        orthogonal = np.allclose(columns.T @ columns, np.eye(3), atol=_QFORM_ATOL)
         image.set_qform(affine if orthogonal else None, code=1 if orthogonal else 0)
     else:
         try:

@@ -111,3 +111,19 @@ def test_outputs_inside_the_dicom_folder_are_refused(tmp_path, checkpoint, capfd
         rc, capfd.readouterr().err, "is a DICOM input folder", "choose an --output outside it"
     )
     assert digests(folder) == before
+
+
+@pytest.mark.parametrize("tilt_mm", [0.0, 0.5])
+def test_the_label_volume_keeps_a_gantry_tilt_in_its_sform_only(tmp_path, checkpoint, tilt_mm):
+    """An untilted series gets qform and sform; a tilted one (a sheared affine, which a qform cannot hold) the
+    sform only, so that no reader places the labels by a qform that lost the shear."""
+    folder, _ = write_series(tmp_path / "s", num_slices=3, step_mm=2.0, tilt_mm=tilt_mm)
+    out = tmp_path / "out"
+    rc = main(
+        ["lesion", "--checkpoint", str(checkpoint), "--input", str(folder), "--output", str(out), "--no-png"]
+    )
+    assert rc == 0
+    labels = nib.load(out / "s_instances.nii.gz")
+    np.testing.assert_allclose(labels.affine, read_dicom_series(folder).affine, atol=1e-5)
+    assert int(labels.header["sform_code"]) == 1
+    assert int(labels.header["qform_code"]) == (1 if tilt_mm == 0 else 0)
