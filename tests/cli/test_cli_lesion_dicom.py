@@ -127,3 +127,19 @@ def test_the_label_volume_keeps_a_gantry_tilt_in_its_sform_only(tmp_path, checkp
     np.testing.assert_allclose(labels.affine, read_dicom_series(folder).affine, atol=1e-5)
     assert int(labels.header["sform_code"]) == 1
     assert int(labels.header["qform_code"]) == (1 if tilt_mm == 0 else 0)
+
+
+def test_age_and_sex_come_from_the_headers_and_the_options_fill_gaps(tmp_path, capfd):
+    """A network that reads age and sex: CT_small says sex "O" (no input the network knows) and age 000Y,
+    MR_small sex F and no age. What the headers lack, --sex and --age give; the headers never override them."""
+    clinical = save_lesion_checkpoint(tmp_path / "clinical.ckpt", {**TINY, "num_clinical": 2}, seed=3)
+    ct, _ = write_series(tmp_path / "ct", num_slices=3)
+    mr, _ = write_series(tmp_path / "mr", num_slices=3, name="MR_small.dcm")
+    base = ["lesion", "--checkpoint", str(clinical), "--no-png"]
+    capfd.readouterr()
+    rc = main([*base, "--input", str(ct), "--output", str(tmp_path / "o1")])
+    assert_one_line_error(rc, capfd.readouterr().err, "no sex", "--sex")
+    assert main([*base, "--input", str(ct), "--output", str(tmp_path / "o2"), "--sex", "F"]) == 0
+    rc = main([*base, "--input", str(mr), "--output", str(tmp_path / "o3")])
+    assert_one_line_error(rc, capfd.readouterr().err, "no age", "--age")
+    assert main([*base, "--input", str(mr), "--output", str(tmp_path / "o4"), "--age", "40"]) == 0
