@@ -5,8 +5,8 @@ network's ``tasks``, the budget (``--steps`` steps, the one-cycle schedule stret
 quarter) and the output folder ``<out>/<row>``: the same seed, data, batch, crops and optimiser. Each final
 checkpoint (``last.ckpt``, tag thresholds chosen on the last validation) is then scored on the held-out test
 volumes by ``medmtl test``, as the shipped model is. The full row is scored a second time with
-``lesion_refined: false`` (``medmtl.lightning.MultitaskModule``): the same weights, read from the raw detection and tag heads instead of the
-refinement's outputs, which isolates what the refinement layer changes.
+``lesion_refined: false`` (``medmtl.lightning.MultitaskModule``): the same weights, read from the raw
+detection and tag heads instead of the refinement's outputs, which isolates what the refinement layer changes.
 
     .venv/bin/python benchmarks/lesion_ablation.py --out runs/lesion_ablation --steps 2000
 

@@ -200,6 +200,8 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"])
     parser.add_argument("--profile", action="store_true", help="print onnxruntime's operator shares (fp32)")
     args = parser.parse_args()
+    if args.profile and ("fp32" not in args.precision or "recon-seg" not in args.models):
+        parser.error("--profile profiles the fp32 recon+seg export: keep fp32 and recon-seg selected")
     torch.set_num_threads(args.threads)
 
     tables = []

@@ -11,8 +11,8 @@ OUTPUT:
 - ``<name>_finding<n>.png`` for each finding n (not with --no-png): its key slice with box, mask and tags.
 
 Slices are linked into 3D findings when their boxes overlap on adjacent slices. A network that reads age
-and sex takes them from DICOM headers, or from --age and --sex (NIfTI holds neither; they override DICOM). Inputs are read-only; every input is read and checked
-before the first output is written.
+and sex takes them from DICOM headers, or from --age and --sex (NIfTI holds neither; they override DICOM).
+Inputs are read-only; every input is read and checked before the first output is written.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ syntax (it inflates without a bound), missing or non-finite geometry (Image Posi
 the first slice, two slices at one position (also echoes or time points of one acquisition), slice
 positions that are not evenly spaced along one line (a missing slice, a mixed series), a gantry tilt above
 ``MAX_TILT_DEGREES`` (smaller tilts give a sheared affine), colour, palette, multi-frame or Siemens mosaic
-images, a Modality LUT or a zero Rescale Slope, pixel data shorter than the header declares, more than ``MAX_FILES``
-files or ``MAX_VOXELS`` voxels, and a series of one slice (a volume needs two).
+images, a Modality LUT or a zero Rescale Slope, pixel data shorter than the header declares, more than
+``MAX_FILES`` files or ``MAX_VOXELS`` voxels, and a series of one slice (a volume needs two).
 
 Memory: each file is read whole before it is parsed, so a damaged length field cannot make pydicom allocate
 more than the file holds; headers are kept without pixels, the voxel count is checked before the volume is
