@@ -53,6 +53,15 @@ class LesionEvaluation(nn.Module):
         self.register_buffer("tag_thresholds", torch.full((len(tag_names),), float("nan")))
         self.metrics = LesionMetrics()
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        key = prefix + "tag_thresholds"
+        saved = state_dict.get(key)
+        if saved is not None and saved.shape != self.tag_thresholds.shape:
+            # Thresholds for other tags than this network's (a detection-only network saved before it had no
+            # tag metrics): unusable, so left unchosen, as before a validation.
+            state_dict[key] = self.tag_thresholds.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def update_called(self) -> bool:
         return self.metrics.num_images > 0

@@ -175,3 +175,13 @@ def test_scoring_without_refinement_reads_the_raw_heads():
         evaluation.update(out, batch)
         results[refined] = evaluation.compute("test", choose_thresholds=False)[0]["test/sens@1fp_iou0.5"]
     assert results == {True: 0.0, False: 1.0}
+
+
+def test_thresholds_for_other_tags_load_as_unchosen():
+    """A detection-only checkpoint written before such networks had no tag metrics holds 14 thresholds."""
+    evaluation = LesionEvaluation(())
+    evaluation.load_state_dict({"tag_thresholds": torch.zeros(14)})
+    assert evaluation.tag_thresholds.shape == (0,)
+    chosen = LesionEvaluation(("odd", "even"))
+    chosen.load_state_dict({"tag_thresholds": torch.tensor([0.3, 0.7])})
+    assert chosen.tag_thresholds.tolist() == pytest.approx([0.3, 0.7])
