@@ -129,13 +129,7 @@ def recon_seg(args: argparse.Namespace) -> list[tuple[str, float, str]]:
             )
             rows.append((f"onnxruntime {precision}", seconds, accuracy))
             if args.profile and precision == "fp32":
-                kspace, mask, acs = inputs
-                b, _, h, w, _ = kspace.shape
-                feeds = {
-                    "kspace": kspace.numpy(),
-                    "mask": mask.expand(b, 1, h, w, 1).contiguous().numpy(),
-                    "acs_mask": acs.expand(b, 1, h, w, 1).contiguous().numpy(),
-                }
+                feeds = OnnxNetwork.feeds(*inputs)
                 print(f"\nonnxruntime fp32 operator shares, recon+seg, {args.runs} calls:")
                 print(op_shares(path, feeds, args.threads, args.runs))
     return rows

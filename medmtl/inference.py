@@ -268,6 +268,16 @@ def load_network(path: str | os.PathLike) -> tuple[nn.Module, Mapping[str, Any]]
     return model, hparams
 
 
+def place_network(network: Any, device: torch.device) -> Any:
+    """``network`` ready to run on ``device``: a torch module in eval mode, moved there; anything else (an
+    onnxruntime network) as it is, which runs on the CPU only. Raises ``InputError`` for another device."""
+    if isinstance(network, nn.Module):
+        return network.eval().to(device)
+    if device.type != "cpu":
+        raise InputError("device", f"{device} asked for, but an ONNX model runs on the CPU here")
+    return network
+
+
 class Predictor:
     """Reconstructs and segments k-space volumes with a trained network.
 
@@ -295,11 +305,7 @@ class Predictor:
         if require_segmentation and "seg" not in tasks:
             raise InputError("model", f"has no segmentation task (tasks {list(tasks)}); predictions need one")
         self.device = torch.device(device)
-        if isinstance(model, nn.Module):
-            model = model.eval().to(self.device)
-        elif self.device.type != "cpu":
-            raise InputError("device", f"{self.device} asked for, but an ONNX model runs on the CPU here")
-        self.model = model
+        self.model = place_network(model, self.device)
         self.classes = tuple(classes)
         self.batch_size = batch_size
         self.segments = "seg" in tasks

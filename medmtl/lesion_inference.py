@@ -27,12 +27,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from medmtl.data.lesion_dataset import intensity_range, normalise
 from medmtl.data.lesion_record import LesionVolume
 from medmtl.errors import InputError
-from medmtl.inference import load_network
+from medmtl.inference import load_network, place_network
 from medmtl.lesion_findings import (
     LINK_OVERLAP,
     VolumeFindings,
@@ -119,11 +118,7 @@ class LesionPredictor:
         if not 0 < link_overlap <= 1:
             raise InputError("link_overlap", f"must be in (0, 1], got {link_overlap}")
         self.device = torch.device(device)
-        if isinstance(network, nn.Module):
-            network = network.eval().to(self.device)
-        elif self.device.type != "cpu":
-            raise InputError("device", f"{self.device} asked for, but this network runs on the CPU")
-        self.network = network
+        self.network = place_network(network, self.device)
         self.batch_size = int(batch_size)
         self.link_overlap = float(link_overlap)
         self._decode_options = {} if score_threshold is None else {"score_threshold": float(score_threshold)}
@@ -143,14 +138,7 @@ class LesionPredictor:
         """A predictor with the network a ``medmtl fit`` checkpoint describes, weights loaded; ``options``
         as the constructor's. Raises ``InputError(path, what)`` for a missing or foreign file, weights that
         do not fit, or a network that is not a lesion network (a bad option raises its own error)."""
-        path = Path(path)
-        network = load_network(path)[0]
-        try:
-            return cls(network, **options)
-        except InputError as err:
-            if err.where != "network":  # a bad option, not a bad file
-                raise
-            raise InputError(path, f"holds a network that {err.what}") from err
+        return cls._of_file(path, load_network(path)[0], options)
 
     @classmethod
     def load(cls, path: str | os.PathLike, **options: Any) -> LesionPredictor:
@@ -168,11 +156,15 @@ class LesionPredictor:
         for a missing, corrupt or foreign file or a recon+seg model."""
         from medmtl.onnx_model import OnnxLesionNetwork
 
-        network = OnnxLesionNetwork(path, threads=threads)
+        return cls._of_file(path, OnnxLesionNetwork(path, threads=threads), options)
+
+    @classmethod
+    def _of_file(cls, path: str | os.PathLike, network: Any, options: dict[str, Any]) -> LesionPredictor:
+        """``cls(network, **options)``, a network it refuses reported as the file's."""
         try:
             return cls(network, **options)
         except InputError as err:
-            if err.where != "network":
+            if err.where != "network":  # a bad option, not a bad file
                 raise
             raise InputError(path, f"holds a network that {err.what}") from err
 

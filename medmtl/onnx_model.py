@@ -229,14 +229,19 @@ class OnnxNetwork:
                 self.path, f"has graph outputs {self.outputs}; its tasks {list(self.tasks)} need {wanted}"
             )
 
-    def __call__(self, kspace: torch.Tensor, mask: torch.Tensor, acs_mask: torch.Tensor) -> OnnxOutput:
-        """kspace (B, C, H, W, 2); mask, acs_mask (B, 1, Hm, W, 1) with Hm = 1 or H -> ``OnnxOutput``."""
+    @staticmethod
+    def feeds(kspace: torch.Tensor, mask: torch.Tensor, acs_mask: torch.Tensor) -> dict[str, np.ndarray]:
+        """The graph's inputs for ``__call__``'s arguments: masks expanded to (B, 1, H, W, 1), float32 numpy."""
         b, _, h, w, _ = kspace.shape
-        feeds = {
+        return {
             "kspace": kspace.detach().float().cpu().contiguous().numpy(),
             "mask": _rows(mask, b, h, w),
             "acs_mask": _rows(acs_mask, b, h, w),
         }
+
+    def __call__(self, kspace: torch.Tensor, mask: torch.Tensor, acs_mask: torch.Tensor) -> OnnxOutput:
+        """kspace (B, C, H, W, 2); mask, acs_mask (B, 1, Hm, W, 1) with Hm = 1 or H -> ``OnnxOutput``."""
+        feeds = self.feeds(kspace, mask, acs_mask)
         results = _run(self.session, self.path, feeds, f"k-space of shape {tuple(kspace.shape)}")
         named = dict(zip(self.outputs, (torch.from_numpy(r) for r in results), strict=True))
         return OnnxOutput(named.get(RECON_OUTPUT), named.get(SEG_OUTPUT))

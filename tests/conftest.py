@@ -28,6 +28,7 @@ def pytest_addoption(parser):
         help="fuzz tests (tests/fuzz): 5000 examples per reader instead of 200",
     )
 
+
 # The smallest ReconSegNet that still runs every part (keyword arguments of ``ReconSegNet``).
 TINY_NET = {
     "num_cascades": 2,
@@ -229,3 +230,23 @@ def bad_kspace_file(request, tmp_path) -> tuple[Path, tuple[str, ...]]:
     """One bad k-space file per case in ``BAD_KSPACE_FILES``: (path, words its error must contain)."""
     build, words = BAD_KSPACE_FILES[request.param]
     return build(tmp_path / f"{request.param}.h5"), words
+
+
+def save_fit_checkpoint(
+    path: Path, net: torch.nn.Module, init_args: dict, perturb: float = 0.0, **hparams
+) -> Path:
+    """A checkpoint shaped like the ones `medmtl fit` writes for ``net``: its weights under ``model.``, spread
+    by ``perturb`` times Gaussian noise (zero-initialised heads would otherwise hide the rest), and
+    LightningCLI's config of it, ``init_args``, in ``hyper_parameters`` with ``hparams`` beside it."""
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(perturb * torch.randn_like(p))
+    class_path = f"{type(net).__module__}.{type(net).__qualname__}"
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
+            "hyper_parameters": {"model": {"class_path": class_path, "init_args": init_args}, **hparams},
+        },
+        path,
+    )
+    return path

@@ -226,21 +226,10 @@ def save_lesion_checkpoint(path, init_args: dict, seed: int = 0, perturb: float 
     """A checkpoint shaped like the ones `medmtl fit` writes for a ``LesionNet`` (untrained weights, seeded),
     its weights spread by ``perturb`` when given (the heatmap head starts at a constant prior)."""
     import torch
+    from conftest import save_fit_checkpoint
 
     from medmtl.models.lesion_net import LesionNet
 
     torch.manual_seed(seed)
-    net = LesionNet(**init_args)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(perturb * torch.randn_like(p))
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
-            "hyper_parameters": {
-                "model": {"class_path": "medmtl.models.lesion_net.LesionNet", "init_args": dict(init_args)}
-            },
-        },
-        path,
-    )
+    return save_fit_checkpoint(path, LesionNet(**init_args), dict(init_args), perturb)
     return path

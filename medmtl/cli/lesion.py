@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
 
     paths = volume_paths(args.input)
     output = Path(args.output)
+    inputs = {p.resolve() for p in paths}
     names: dict[str, Path] = {}
     total = 0
     volume = None
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
                 path,
                 f"is a DICOM input folder and --output {output} lies inside it; choose an --output outside it",
             )
-        if (output / f"{volume.name}_instances.nii.gz").resolve() in {p.resolve() for p in paths}:
+        if (output / f"{volume.name}_instances.nii.gz").resolve() in inputs:
             raise InputError(
                 path, f"its outputs would overwrite an input; choose another --output than {output}"
             )

@@ -337,9 +337,10 @@ def _is_compressed(syntax) -> bool:
         return False
 
 
-def _pixels(path: Path, s: _Slice) -> np.ndarray:
+def _pixels(s: _Slice) -> np.ndarray:
     """The slice's stored values as (Rows, Columns), read again from its file, after checking the declared
     size against the data."""
+    path = s.path
     ds = _read_dataset(path)
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
@@ -517,7 +518,7 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None) ->
     limit = float(np.finfo(np.float32).max)
     for k, s in enumerate(slices):
         with np.errstate(over="ignore", invalid="ignore"):
-            values = _pixels(s.path, s) * s.slope + s.intercept  # float64: no overflow before the check
+            values = _pixels(s) * s.slope + s.intercept  # float64: no overflow before the check
         if not np.isfinite(values).all() or np.abs(values).max() > limit:
             raise InputError(
                 s.path,

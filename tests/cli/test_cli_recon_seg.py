@@ -13,39 +13,22 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_NET
+from conftest import TINY_NET, save_fit_checkpoint
 
 from medmtl.cli import main
 from medmtl.io.kspace import write_kspace_h5
 from medmtl.keys import MNI_CLASSES
 from medmtl.models.recon_seg import ReconSegNet
 
-CLASS_PATH = "medmtl.models.recon_seg.ReconSegNet"
-
 
 def save_checkpoint(
     path: Path, init_args: dict, state_from: dict | None = None, perturb: float = 0.0, **hparams
 ) -> Path:
-    """A checkpoint shaped like the ones `medmtl fit` writes: LightningCLI's config in ``hyper_parameters``.
-    ``perturb`` adds that much Gaussian noise to every weight (the zero-initialised heads would otherwise
-    hide the regularisers)."""
+    """A `medmtl fit`-shaped checkpoint of a ``ReconSegNet`` (``conftest.save_fit_checkpoint``): weights of
+    ``state_from`` (default ``init_args``), config ``init_args``, MNI class names."""
     torch.manual_seed(0)
     net = ReconSegNet(**(state_from or init_args))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(perturb * torch.randn_like(p))
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
-            "hyper_parameters": {
-                "model": {"class_path": CLASS_PATH, "init_args": init_args},
-                "class_names": list(MNI_CLASSES),
-                **hparams,
-            },
-        },
-        path,
-    )
-    return path
+    return save_fit_checkpoint(path, net, init_args, perturb, class_names=list(MNI_CLASSES), **hparams)
 
 
 @pytest.fixture(scope="module")
