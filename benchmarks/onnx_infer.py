@@ -38,11 +38,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from medmtl.data.lesion_dataset import patient_frame
 from medmtl.export import export_onnx, format_report, real_case
 from medmtl.inference import Predictor, load_network
-from medmtl.lesion_export import export_lesion_onnx, lesion_real_case
+from medmtl.lesion_export import call_lesion_network, export_lesion_onnx, lesion_real_case
 from medmtl.onnx_model import OnnxLesionNetwork, OnnxNetwork
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -145,11 +147,18 @@ def lesion(args: argparse.Namespace) -> list[tuple[str, float, str]]:
         context = torch.rand(b, net.num_slices, height, width, generator=gen)
         position = torch.linspace(start, start + b - 1, b) / max(slices - 1, 1)
         clinical = (torch.rand(b, net.num_clinical, generator=gen),) if net.num_clinical else ()
-        batches.append((context, position, *clinical))
+        frames = ()
+        if net.reads_patient_frame:  # a 1 x 1 x 2 mm axial volume
+            affine = np.diag([-1.0, -1.0, 2.0, 1.0])
+            ks = range(start, start + b)
+            frames = (
+                torch.from_numpy(np.stack([patient_frame(affine, (height, width, slices), k) for k in ks])),
+            )
+        batches.append((context, position, *clinical, *frames))
 
     def volume(run) -> None:
         for batch in batches:
-            run(*batch)
+            call_lesion_network(run, batch)
 
     rows = torch_rows(lambda: volume(net), args)
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,6 +29,9 @@ A lesion sample (one key slice with its 2.5D context, N lesions on that slice, T
 ``diameters``         (N, 2) float32               long and short axis in mm (NaN when unknown)
 ``pixel_spacing``     (2,) float32                 in-plane pixel size in mm along H and W
 ``slice_position``    () float32                   key slice position in the volume, 0 = first, 1 = last
+``patient_frame``     (3, 3) float32               RAS+ mm of the key slice's pixel grid: columns = step
+                                                   along H, step along W, pixel (0, 0) minus the
+                                                   volume's centre (``lesion_dataset.patient_frame``)
 ``clinical``          (E,) float32                 non-imaging inputs of the score refinement (e.g. age, sex)
 ====================  ===========================  =====================================================
 """
@@ -56,6 +59,7 @@ class Keys(str, Enum):
     DIAMETERS = "diameters"
     PIXEL_SPACING = "pixel_spacing"
     SLICE_POSITION = "slice_position"
+    PATIENT_FRAME = "patient_frame"
     CLINICAL = "clinical"
 
     def __str__(self) -> str:

@@ -2,7 +2,7 @@
 
 The steps are ``medmtl.export``'s (``write_verified``): trace with B, H and W dynamic, write beside the
 destination with the metadata (task, tasks, tag names, the input contract ``num_slices``, ``interval_mm``,
-``window``, ``num_clinical``, the normalisation, the medmtl version), optionally quantise, verify, move into
+``window``, ``num_clinical``, ``refine_position``, the normalisation, the medmtl version), optionally quantise, verify, move into
 place. Verification runs onnxruntime against PyTorch on a seeded real input (the slice with the most lesion
 voxels of a simulated default-data volume, ``medmtl.data.lesion_sim``) and on a random one at another batch
 and odd size than the trace, and checks two things for each:
@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from medmtl import __version__
+from medmtl.errors import InputError
 from medmtl.export import ExportError, ExportReport, GraphSpec, Precision, write_verified
+from medmtl.keys import Keys
 from medmtl.models.lesion_decode import Detections, decode_detections
 from medmtl.models.lesion_net import LesionNet, LesionOutput
 from medmtl.onnx_model import (
@@ -128,7 +130,8 @@ class LesionCaseErrors:
 
 
 class LesionGraph(nn.Module):
-    """The exported part of a ``LesionNet``: (context, slice_position[, clinical]) -> its dense outputs.
+    """The exported part of a ``LesionNet``: its graph inputs (``lesion_input_names``: context,
+    slice_position[, clinical][, patient_frame]) -> its dense outputs.
 
     ``half`` runs a float16 copy of the network between float32 inputs and outputs; ``net`` itself is left
     as it is.
@@ -140,26 +143,45 @@ class LesionGraph(nn.Module):
             raise ExportError(f"{type(net).__name__} is not a LesionNet")
         self.net = copy.deepcopy(net).half() if half else net
         self.half = half
+        self.names = lesion_input_names(net.num_clinical, net.reads_patient_frame)
 
     def forward(
-        self, context: torch.Tensor, slice_position: torch.Tensor, clinical: torch.Tensor | None = None
+        self,
+        context: torch.Tensor,
+        slice_position: torch.Tensor,
+        third: torch.Tensor | None = None,
+        fourth: torch.Tensor | None = None,
     ):
-        """context (B, S, H, W), slice_position (B,), clinical (B, E) -> the non-None ``LesionOutput`` fields
-        in its order, float32."""
+        """context (B, S, H, W), slice_position (B,), then clinical (B, E) and patient_frame (B, 3, 3) where
+        the network reads them (``self.names``) -> the non-None ``LesionOutput`` fields in its order, float32.
+        (Named parameters, not ``*args``: torch.export takes each as one graph input.)"""
         dtype = torch.float16 if self.half else torch.float32
+        more = [x for x in (third, fourth) if x is not None]
+        named = dict(zip(self.names[2:], more, strict=True))
+        clinical, frame = named.get(Keys.CLINICAL.value), named.get(Keys.PATIENT_FRAME.value)
         out = self.net(
-            context.to(dtype), slice_position.to(dtype), None if clinical is None else clinical.to(dtype)
+            context.to(dtype),
+            slice_position.to(dtype),
+            None if clinical is None else clinical.to(dtype),
+            None if frame is None else frame.to(dtype),
         )
         return tuple(x.float() for x in out if x is not None)
 
 
 def _inputs(net: Any, batch: int, height: int, width: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """Uniform [0, 1) inputs for a network with ``net``'s contract (context, slice position, clinical)."""
+    """Seeded inputs for a network with ``net``'s contract: uniform [0, 1) context, slice position and clinical
+    inputs, and patient frames of 0.5 to 1.5 mm pixels in a random orientation, anywhere within 100 mm."""
     gen = torch.Generator().manual_seed(seed)
     context = torch.rand(batch, net.num_slices, height, width, generator=gen)
     position = torch.rand(batch, generator=gen)
     clinical = (torch.rand(batch, net.num_clinical, generator=gen),) if net.num_clinical else ()
-    return context, position, *clinical
+    frame = ()
+    if net.reads_patient_frame:
+        axes = torch.linalg.qr(torch.randn(batch, 3, 3, generator=gen)).Q[:, :, :2]
+        steps = axes * (0.5 + torch.rand(batch, 1, 2, generator=gen))
+        origin = (torch.rand(batch, 3, 1, generator=gen) - 0.5) * 200
+        frame = (torch.cat((steps, origin), dim=2),)
+    return context, position, *clinical, *frame
 
 
 def lesion_real_case(
@@ -174,8 +196,14 @@ def lesion_real_case(
     volume = simulate_lesion_volume(index, "val", seed, LesionSimOptions(voxel_mm=voxel_mm))
     k = int(np.argmax((volume.instances != 0).sum(axis=(0, 1))))
     sample = slice_sample(volume, k, net.num_slices, net.interval_mm, net.window)
-    clinical = _inputs(net, 1, 1, 1, seed)[2:]
-    return sample["context"][None], sample["slice_position"].reshape(1), *clinical
+    clinical = (torch.rand(1, net.num_clinical, generator=torch.Generator().manual_seed(seed)),)
+    frame = (sample[Keys.PATIENT_FRAME][None],) if net.reads_patient_frame else ()
+    return (
+        sample[Keys.CONTEXT][None],
+        sample[Keys.SLICE_POSITION].reshape(1),
+        *(clinical if net.num_clinical else ()),
+        *frame,
+    )
 
 
 def lesion_random_case(
@@ -230,12 +258,27 @@ def _detection_errors(want: list[Detections], got: list[Detections]) -> dict[str
     }
 
 
+def call_lesion_network(net: Any, inputs: tuple[torch.Tensor, ...]) -> Any:
+    """``net`` (a ``LesionNet`` or an ``OnnxLesionNetwork``) on graph inputs in ``lesion_input_names`` order
+    (context, slice_position[, clinical][, patient_frame]), each passed as the argument it is."""
+    names = lesion_input_names(net.num_clinical, net.reads_patient_frame)
+    if len(inputs) != len(names):
+        raise InputError("inputs", f"{len(inputs)} inputs for a network that takes {', '.join(names)}")
+    named = dict(zip(names, inputs, strict=True))
+    return net(
+        named[Keys.CONTEXT.value],
+        named[Keys.SLICE_POSITION.value],
+        named.get(Keys.CLINICAL.value),
+        named.get(Keys.PATIENT_FRAME.value),
+    )
+
+
 def compare_lesion(net: nn.Module, onnx_net: OnnxLesionNetwork, name: str, inputs) -> LesionCaseErrors:
-    """Run the PyTorch network and the ONNX file on ``inputs`` (context, slice_position[, clinical]) and
+    """Run the PyTorch network and the ONNX file on ``inputs`` (``call_lesion_network``) and
     compare the outputs and the decoded detections; the PyTorch one is the reference."""
     with torch.inference_mode():
-        want = net(*inputs)
-    got = onnx_net(*inputs)
+        want = call_lesion_network(net, inputs)
+    got = call_lesion_network(onnx_net, inputs)
     max_abs, max_rel = {}, {}
     for field in LesionOutput._fields:
         w, g = getattr(want, field), getattr(got, field)
@@ -279,6 +322,7 @@ def _metadata(net: LesionNet, precision: str, source: str) -> dict[str, str]:
         "interval_mm": net.interval_mm,
         "window": net.window,
         "num_clinical": net.num_clinical,
+        "refine_position": net.refine_position,
     }
     return {
         META_FORMAT: FORMAT_VERSION,
@@ -287,7 +331,7 @@ def _metadata(net: LesionNet, precision: str, source: str) -> dict[str, str]:
         META_TASKS: json.dumps(list(net.tasks)),
         META_TAG_NAMES: json.dumps(list(net.tag_names)),
         META_CONTRACT: json.dumps(contract),
-        META_INPUTS: json.dumps(lesion_input_doc(net.num_slices, net.num_clinical)),
+        META_INPUTS: json.dumps(lesion_input_doc(net.num_slices, net.num_clinical, net.reads_patient_frame)),
         META_OUTPUTS: json.dumps(lesion_output_names(net.tasks)),
         META_NORMALISATION: lesion_normalisation(net.window),
         META_PRECISION: precision,
@@ -310,11 +354,11 @@ def export_lesion_onnx(
     ``LESION_TOLERANCES[precision]``; nothing is written then.
     """
     graph = LesionGraph(net.eval(), half=precision == "fp16").eval()
-    names = lesion_input_names(net.num_clinical)
+    names = graph.names
     spec = GraphSpec(
         graph,
         _inputs(net, 2, 32, 40, seed=0),
-        ((0, 2, 3), (0,), (0,))[: len(names)],
+        tuple((0, 2, 3) if name == Keys.CONTEXT.value else (0,) for name in names),
         names,
         lesion_output_names(net.tasks),
         _metadata(net, precision, source),
@@ -336,6 +380,7 @@ __all__ = [
     "LesionCaseErrors",
     "LesionGraph",
     "LesionTolerance",
+    "call_lesion_network",
     "compare_lesion",
     "export_lesion_onnx",
     "lesion_random_case",

@@ -7,13 +7,14 @@ Per volume (I, J, K), ``k`` the slice axis, with the network's input contract (`
 1. every slice's context: ``sample_context`` of the image, then ``(x - low) / (high - low)`` with
    ``(low, high) = intensity_range(image, window)``, clipped to [0, 1] only with a window; that is
    ``medmtl.data.lesion_dataset.slice_sample``'s normalisation, so inference sees what training saw;
-2. the network on batches of slices, with slice position ``k / (K - 1)`` (0 for one slice) and, for a network
-   that reads them, the clinical inputs (``clinical_inputs``);
+2. the network on batches of slices, with slice position ``k / (K - 1)`` (0 for one slice), each slice's
+   patient frame (``patient_frame`` of the volume's affine) and, for a network that reads them, the clinical
+   inputs (``clinical_inputs``);
 3. ``decode_detections`` per slice (pixel spacing from the volume, for the RECIST axes), then linking, the
    findings and the instance-label volume.
 
 The network is anything called as ``network(context (B, S, H, W), slice_position (B,), clinical (B, E) or
-None)`` that returns ``LesionNet``'s outputs and carries its contract attributes (``num_slices``,
+None, patient_frame (B, 3, 3))`` that returns ``LesionNet``'s outputs and carries its contract attributes (``num_slices``,
 ``interval_mm``, ``window``, ``tag_names``, ``num_clinical``, ``tasks``): a ``LesionNet`` or an exported one.
 """
 
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medmtl.data.lesion_dataset import intensity_range, normalise
+from medmtl.data.lesion_dataset import intensity_range, normalise, patient_frame
 from medmtl.data.lesion_record import LesionVolume
 from medmtl.errors import InputError
 from medmtl.inference import load_network, place_network
@@ -203,10 +204,12 @@ class LesionPredictor:
             )
             context = normalise(context, low, high, clip=window is not None)
             position = torch.tensor([k / last if last else 0.0 for k in ks], dtype=torch.float32)
+            frames = torch.from_numpy(np.stack([patient_frame(volume.affine, image.shape, k) for k in ks]))
             out = network(
                 torch.from_numpy(context).to(self.device),
                 position.to(self.device),
                 None if clinical is None else clinical.expand(len(ks), -1),
+                frames.to(self.device),
             )
             per_slice = decode_detections(out, image.shape[:2], spacing[:2], **self._decode_options)
             for k, found in zip(ks, per_slice, strict=True):

@@ -79,9 +79,23 @@ def output_names(tasks) -> list[str]:
     return [RECON_OUTPUT] * ("recon" in tasks) + [SEG_OUTPUT] * ("seg" in tasks)
 
 
-def lesion_input_names(num_clinical: int) -> list[str]:
-    """The graph inputs of a lesion network with ``num_clinical`` non-imaging inputs, in order."""
-    return [Keys.CONTEXT.value, Keys.SLICE_POSITION.value] + [Keys.CLINICAL.value] * (num_clinical > 0)
+def lesion_input_names(num_clinical: int, patient_frame: bool = False) -> list[str]:
+    """The graph inputs of a lesion network with ``num_clinical`` non-imaging inputs that reads the patient
+    frame or not (``LesionNet.reads_patient_frame``), in order."""
+    return (
+        [Keys.CONTEXT.value, Keys.SLICE_POSITION.value]
+        + [Keys.CLINICAL.value] * (num_clinical > 0)
+        + [Keys.PATIENT_FRAME.value] * patient_frame
+    )
+
+
+# Rank of each lesion graph input.
+_LESION_INPUT_RANKS = {
+    Keys.CONTEXT.value: 4,
+    Keys.SLICE_POSITION.value: 1,
+    Keys.CLINICAL.value: 2,
+    Keys.PATIENT_FRAME.value: 3,
+}
 
 
 def lesion_output_names(tasks) -> list[str]:
@@ -89,7 +103,7 @@ def lesion_output_names(tasks) -> list[str]:
     return [name for name in LesionOutput._fields if _LESION_FIELD_TASK[name] in tasks]
 
 
-def lesion_input_doc(num_slices: int, num_clinical: int) -> dict[str, str]:
+def lesion_input_doc(num_slices: int, num_clinical: int, patient_frame: bool = False) -> dict[str, str]:
     """``META_INPUTS`` of a lesion export: each graph input's shape and meaning."""
     doc = {
         Keys.CONTEXT.value: f"(B, {num_slices}, H, W) float32 normalised slice stack, key slice at the centre",
@@ -97,6 +111,11 @@ def lesion_input_doc(num_slices: int, num_clinical: int) -> dict[str, str]:
     }
     if num_clinical:
         doc[Keys.CLINICAL.value] = f"(B, {num_clinical}) float32 non-imaging inputs, as in training"
+    if patient_frame:
+        doc[Keys.PATIENT_FRAME.value] = (
+            "(B, 3, 3) float32 RAS+ mm of each key slice's pixel grid, columns: step along H, step along W, "
+            "pixel (0, 0) minus the volume's centre voxel (medmtl.data.lesion_dataset.patient_frame)"
+        )
     return doc
 
 
@@ -260,7 +279,8 @@ class OnnxLesionNetwork:
         threads: onnxruntime intra-op threads (default: torch's thread count).
 
     Attributes read from the metadata, as ``LesionNet`` has them: ``tasks``, ``tag_names``, ``num_tags``,
-    ``num_slices``, ``interval_mm``, ``window`` (None or (low, high)) and ``num_clinical``; ``normalisation``
+    ``num_slices``, ``interval_mm``, ``window`` (None or (low, high)), ``num_clinical``, ``refine_position``
+    and ``reads_patient_frame``; ``normalisation``
     is the text of ``META_NORMALISATION``.
 
     Raises ``InputError`` for a missing, corrupt or foreign file, another task's model, metadata that does not
@@ -279,12 +299,13 @@ class OnnxLesionNetwork:
         self.tasks = tuple(t for t in LESION_TASKS if t in tasks)
         self.tag_names = tuple(_json_list(self.path, self.metadata, META_TAG_NAMES))
         self.num_tags = len(self.tag_names)
-        self.num_slices, self.interval_mm, self.window, self.num_clinical = _lesion_contract(
-            self.path, self.metadata
-        )
+        contract = _lesion_contract(self.path, self.metadata)
+        self.num_slices, self.interval_mm, self.window, self.num_clinical, self.refine_position = contract
+        self.reads_patient_frame = "refine" in self.tasks and self.refine_position == "patient"
         self.normalisation = self.metadata.get(META_NORMALISATION, "")
         inputs = [(i.name, len(i.shape)) for i in self.session.get_inputs()]
-        expected = list(zip(lesion_input_names(self.num_clinical), (4, 1, 2)))
+        names = lesion_input_names(self.num_clinical, self.reads_patient_frame)
+        expected = [(name, _LESION_INPUT_RANKS[name]) for name in names]
         if inputs != expected:
             raise InputError(
                 self.path, f"has graph inputs {inputs}; a lesion export has {expected} (name, rank)"
@@ -306,10 +327,12 @@ class OnnxLesionNetwork:
         context: torch.Tensor,
         slice_position: torch.Tensor | None = None,
         clinical: torch.Tensor | None = None,
+        patient_frame: torch.Tensor | None = None,
     ) -> LesionOutput:
-        """context (B, S, H, W); slice_position (B,) in [0, 1]; clinical (B, E) -> ``LesionOutput`` of float32
-        CPU tensors, None for the heads the tasks leave out. As ``LesionNet``, slice_position and clinical are
-        needed only by the score refinement (and clinical only when E > 0)."""
+        """context (B, S, H, W); slice_position (B,) in [0, 1]; clinical (B, E); patient_frame (B, 3, 3) ->
+        ``LesionOutput`` of float32 CPU tensors, None for the heads the tasks leave out. As ``LesionNet``, the
+        other inputs are needed only by the score refinement (clinical when E > 0, the frame when it reads
+        patient positions)."""
         context = torch.as_tensor(context)
         if context.dim() != 4 or context.shape[1] != self.num_slices:
             raise InputError(
@@ -334,6 +357,14 @@ class OnnxLesionNetwork:
                     f"the score refinement needs ({b}, {self.num_clinical}) inputs, got {shape}",
                 )
             feeds[Keys.CLINICAL.value] = _numpy(clinical)
+        if self.reads_patient_frame:
+            shape = None if patient_frame is None else tuple(patient_frame.shape)
+            if shape != (b, 3, 3):
+                raise InputError(
+                    Keys.PATIENT_FRAME.value,
+                    f"the score refinement needs ({b}, 3, 3) patient frames, got {shape}",
+                )
+            feeds[Keys.PATIENT_FRAME.value] = _numpy(patient_frame)
         results = _run(self.session, self.path, feeds, f"a context of shape {tuple(context.shape)}")
         named = dict(zip(self.outputs, (torch.from_numpy(r) for r in results), strict=True))
         return LesionOutput(*(named.get(name) for name in LesionOutput._fields))
@@ -341,8 +372,9 @@ class OnnxLesionNetwork:
 
 def _lesion_contract(
     path: Path, metadata: dict[str, str]
-) -> tuple[int, float, tuple[float, float] | None, int]:
-    """(num_slices, interval_mm, window, num_clinical) from ``META_CONTRACT``, checked."""
+) -> tuple[int, float, tuple[float, float] | None, int, str]:
+    """(num_slices, interval_mm, window, num_clinical, refine_position) from ``META_CONTRACT``, checked;
+    exports made before ``refine_position`` existed refine on array positions."""
     try:
         contract = json.loads(metadata.get(META_CONTRACT, "null"))
         num_slices, interval_mm = contract["num_slices"], contract["interval_mm"]
@@ -355,9 +387,12 @@ def _lesion_contract(
             window = (low, high)
         if isinstance(num_clinical, bool) or not (isinstance(num_clinical, int) and num_clinical >= 0):
             raise ValueError(f"num_clinical {num_clinical!r} is not a whole number >= 0")
+        refine_position = contract.get("refine_position", "array")
+        if refine_position not in ("array", "patient"):
+            raise ValueError(f"refine_position {refine_position!r} is not 'array' or 'patient'")
     except (json.JSONDecodeError, TypeError, KeyError, ValueError, ConfigError) as err:
         raise InputError(path, f"metadata {META_CONTRACT} is not a lesion input contract ({err})") from err
-    return int(num_slices), float(interval_mm), window, num_clinical
+    return int(num_slices), float(interval_mm), window, num_clinical, refine_position
 
 
 def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:

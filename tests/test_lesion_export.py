@@ -77,7 +77,13 @@ def test_export_records_contract_and_verification(exported):
     assert metadata[META_TASK] == "lesion" and metadata[META_PRECISION] == "fp32"
     assert json.loads(metadata[META_TASKS]) == ["det", "tag", "mask", "refine"]
     assert json.loads(metadata[META_TAG_NAMES]) == list(FULL["tag_names"])
-    contract = {"num_slices": 9, "interval_mm": 2.0, "window": [-0.05, 1.8], "num_clinical": 2}
+    contract = {
+        "num_slices": 9,
+        "interval_mm": 2.0,
+        "window": [-0.05, 1.8],
+        "num_clinical": 2,
+        "refine_position": "array",
+    }
     assert json.loads(metadata[META_CONTRACT]) == contract
     assert "[-0.05, 1.8]" in metadata[META_NORMALISATION]
     assert json.loads(metadata[META_OUTPUTS]) == list(LesionOutput._fields)
@@ -123,11 +129,40 @@ def test_onnxruntime_gives_the_same_detections_at_other_sizes(exported, batch, h
         np.testing.assert_allclose(a.long_axis_mm, b.long_axis_mm, atol=1e-4)
 
 
+def test_a_refinement_on_patient_positions_takes_the_frame(tmp_path):
+    net = tiny_lesion_net(**FULL, refine_position="patient")
+    path = tmp_path / "patient.onnx"
+    report = export_lesion_onnx(net, path)
+    for case in report.cases:
+        assert max(case.output_max_rel.values()) <= 1e-4 and case.same_count and case.torch_detections > 0
+    assert [i.name for i in onnx.load(path).graph.input] == [
+        "context",
+        "slice_position",
+        "clinical",
+        "patient_frame",
+    ]
+    assert json.loads(read_metadata(path)[META_CONTRACT])["refine_position"] == "patient"
+    onnx_net = OnnxLesionNetwork(path)
+    assert onnx_net.reads_patient_frame and onnx_net.refine_position == "patient"
+    inputs = lesion_random_case(net, 2, 33, 27, seed=4)
+    errors = compare_lesion(net, onnx_net, "t", inputs)
+    assert max(errors.output_max_rel.values()) <= 1e-4 and errors.same_count
+    context, position, clinical, frame = inputs
+    moved = frame.clone()
+    moved[:, 0, 2] += 80.0  # 8 cm to the right: the refinement reads it, the raw heads do not
+    a, b = onnx_net(context, position, clinical, frame), onnx_net(context, position, clinical, moved)
+    torch.testing.assert_close(a.heatmap, b.heatmap) and torch.testing.assert_close(a.tags, b.tags)
+    assert not torch.allclose(a.refined_tags, b.refined_tags)
+    with pytest.raises(InputError, match=r"patient_frame: the score refinement needs \(2, 3, 3\)"):
+        onnx_net(context, position, clinical)
+
+
 def test_loader_carries_the_input_contract(exported):
     net, path, _ = exported
     onnx_net = open_onnx(path)
     assert isinstance(onnx_net, OnnxLesionNetwork)
-    for name in ("tasks", "tag_names", "num_slices", "interval_mm", "window", "num_clinical", "num_tags"):
+    names = ("tasks", "tag_names", "num_slices", "interval_mm", "window", "num_clinical", "num_tags")
+    for name in (*names, "refine_position", "reads_patient_frame"):
         assert getattr(onnx_net, name) == getattr(net, name), name
 
 

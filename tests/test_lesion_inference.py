@@ -50,7 +50,7 @@ class PerfectNet:
     def __init__(self, labels: np.ndarray, logits=(2.0, 1.0, 3.0)):
         self.labels, self.logits = labels, logits
 
-    def __call__(self, context, slice_position, clinical):
+    def __call__(self, context, slice_position, clinical, patient_frame=None):
         b, _, height, width = context.shape
         h, w = -(-height // STRIDE), -(-width // STRIDE)
         heatmap, tags = torch.full((b, 1, h, w), -20.0), torch.full((b, 2, h, w), -20.0)
@@ -130,9 +130,9 @@ class Recorder:
         for name in ("num_slices", "interval_mm", "window", "tag_names", "num_clinical", "tasks"):
             setattr(self, name, getattr(self.net, name))
 
-    def __call__(self, context, slice_position, clinical):
-        self.calls.append((context.clone(), slice_position.clone(), clinical))
-        return self.net(context, slice_position, clinical)
+    def __call__(self, context, slice_position, clinical, patient_frame=None):
+        self.calls.append((context.clone(), slice_position.clone(), clinical, patient_frame))
+        return self.net(context, slice_position, clinical, patient_frame)
 
 
 @pytest.mark.parametrize("window", [None, (80.0, 120.0)])
@@ -140,13 +140,15 @@ def test_inputs_are_the_training_samples(window):
     recorder = Recorder(window=window)
     vol = volume(labels=np.zeros(SHAPE, np.int32))  # slice_sample would look up the lesions' records
     LesionPredictor(recorder, batch_size=3).predict_volume(vol)
-    context = torch.cat([c for c, _, _ in recorder.calls])
-    position = torch.cat([p for _, p, _ in recorder.calls])
+    context = torch.cat([c for c, *_ in recorder.calls])
+    position = torch.cat([p for _, p, *_ in recorder.calls])
+    frames = torch.cat([f for *_, f in recorder.calls])
     assert context.shape == (SHAPE[2], recorder.num_slices, *SHAPE[:2])
     for k in range(SHAPE[2]):
         sample = slice_sample(vol, k, recorder.num_slices, recorder.interval_mm, window)
         torch.testing.assert_close(context[k], sample[Keys.CONTEXT], rtol=0, atol=0)
         assert position[k].item() == sample[Keys.SLICE_POSITION].item()
+        torch.testing.assert_close(frames[k], sample[Keys.PATIENT_FRAME], rtol=0, atol=0)
     assert (context.min() < 0) == (window is None)  # a window clips to [0, 1]
 
 
@@ -171,7 +173,7 @@ def test_odd_sizes_and_a_single_slice(shape):
     recorder = Recorder()
     result = LesionPredictor(recorder, batch_size=2).predict_volume(vol)
     assert result.instances.shape == shape and result.instances.dtype == np.int32
-    assert torch.cat([p for _, p, _ in recorder.calls]).tolist() == [
+    assert torch.cat([p for _, p, *_ in recorder.calls]).tolist() == [
         k / max(shape[2] - 1, 1) for k in range(shape[2])
     ]
     for f in result.findings:

@@ -1,8 +1,15 @@
-"""Random training windows of lesion slice samples (``medmtl.data.lesion_dataset``).
+"""Random training windows and axis flips of lesion slice samples (``medmtl.data.lesion_dataset``).
 
 A window of a fixed size is cheaper to train on than a whole slice and, placed on a lesion most of the time,
-keeps the share of lesion pixels up. The window is drawn per item from (seed, epoch, index) like the slice
-itself, so runs and resumed runs see the same windows.
+keeps the share of lesion pixels up. The window and the flips are drawn per item from (seed, epoch, index)
+like the slice itself, so runs and resumed runs see the same samples.
+
+A flip reverses the order of the array's rows or columns and moves the patient frame with them
+(``Keys.PATIENT_FRAME``): every pixel keeps its place in the patient, only the array layout changes. So the
+array position of a lesion stops telling its side of the body, and a network learns laterality from the
+patient frame, which holds in any slice orientation (a network trained on axial slices without flips tagged
+the hemisphere below chance on sagittal ones, where the array axes are anterior-posterior and
+inferior-superior).
 
 Cropping cuts lesions at the window border: boxes are recomputed from the cut masks (exact, half-open),
 lesions left with no pixel are dropped, and the diameters of a cut lesion are measured again on what is left
@@ -45,6 +52,11 @@ def crop_lesion_sample(
         top, left = int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1))
     rows, cols = slice(top, top + h), slice(left, left + w)
     masks = sample[Keys.MASKS][:, rows, cols]
+    cropped = {}
+    if Keys.PATIENT_FRAME in sample:
+        frame = sample[Keys.PATIENT_FRAME].clone()
+        frame[:, 2] += top * frame[:, 0] + left * frame[:, 1]
+        cropped[Keys.PATIENT_FRAME] = frame
     keep = [n for n in range(len(masks)) if bool(masks[n].any())]
     spacing = sample[Keys.PIXEL_SPACING].numpy().astype(np.float64)
     new_boxes = np.zeros((len(keep), 4), np.float32)
@@ -61,19 +73,47 @@ def crop_lesion_sample(
         Keys.TAGS: sample[Keys.TAGS][keep],
         Keys.MASKS: masks[keep].contiguous(),
         Keys.DIAMETERS: diameters,
+        **cropped,
     }
 
 
+def flip_lesion_sample(sample: dict[str, Any], axis: int) -> dict[str, Any]:
+    """``sample`` with the order of its rows (``axis`` 0) or columns (1) reversed: context, boxes, masks and
+    the patient frame (module docstring); tags and diameters are unchanged."""
+    if axis not in (0, 1):
+        raise ValueError(f"axis must be 0 (rows) or 1 (columns), got {axis}")
+    context = sample[Keys.CONTEXT]
+    length = context.shape[-2 + axis]
+    boxes = sample[Keys.BOXES].clone()
+    low, high = boxes[:, axis].clone(), boxes[:, axis + 2].clone()
+    boxes[:, axis], boxes[:, axis + 2] = length - high, length - low
+    flipped = {
+        **sample,
+        Keys.CONTEXT: context.flip(-2 + axis),
+        Keys.BOXES: boxes,
+        Keys.MASKS: sample[Keys.MASKS].flip(-2 + axis),
+    }
+    if Keys.PATIENT_FRAME in sample:
+        frame = sample[Keys.PATIENT_FRAME].clone()
+        frame[:, 2] += (length - 1) * frame[:, axis]
+        frame[:, axis] = -frame[:, axis]
+        flipped[Keys.PATIENT_FRAME] = frame
+    return flipped
+
+
 class CroppedLesionSlices(Dataset):
-    """A training ``LesionSliceDataset`` whose samples are cut to ``size`` windows (see the module docstring).
+    """A training ``LesionSliceDataset`` whose samples are cut to ``size`` windows (None: whole slices) and,
+    with ``flip``, have their rows and their columns each reversed with probability 1/2 (see the module
+    docstring).
 
     Keys are ``(epoch, index)`` (``EpochSampler``) or plain indices (epoch 0).
     """
 
-    def __init__(self, dataset: Dataset, size: Sequence[int], seed: int = 0):
-        if len(size) != 2 or min(int(s) for s in size) < 8:
+    def __init__(self, dataset: Dataset, size: Sequence[int] | None, seed: int = 0, flip: bool = False):
+        if size is not None and (len(size) != 2 or min(int(s) for s in size) < 8):
             raise ConfigError("lesions.train_crop", f"must be (h, w) of at least 8 pixels, got {list(size)}")
-        self.dataset, self.size, self.seed = dataset, (int(size[0]), int(size[1])), int(seed)
+        self.dataset, self.seed, self.flip = dataset, int(seed), bool(flip)
+        self.size = None if size is None else (int(size[0]), int(size[1]))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -81,4 +121,11 @@ class CroppedLesionSlices(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = np.random.default_rng(item_seed(self.seed, _CROP_STREAM, epoch, index))
-        return crop_lesion_sample(self.dataset[(epoch, index)], self.size, rng)
+        sample = self.dataset[(epoch, index)]
+        if self.size is not None:
+            sample = crop_lesion_sample(sample, self.size, rng)
+        if self.flip:
+            # Drawn after the window, so a run without flips sees the windows it saw before flips existed.
+            for axis in np.flatnonzero(rng.random(2) < 0.5):
+                sample = flip_lesion_sample(sample, int(axis))
+        return sample

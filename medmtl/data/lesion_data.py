@@ -54,6 +54,9 @@ class LesionData:
         positive_fraction: training: the probability of drawing a slice that holds a lesion.
         train_crop: (h, w) random training windows (``medmtl.data.lesion_crop``), mostly placed on a lesion;
             None trains on whole slices. Evaluation always sees whole slices.
+        train_flip: reverse the rows and the columns of each training sample, each with probability 1/2,
+            with the patient frame (``medmtl.data.lesion_crop``), so that laterality must come from the
+            frame rather than the array position.
         val_fraction: ``nifti``: the share of ``imagesTr`` cases held out for validation (the last ones).
         cache: keep every volume of a split in memory once read.
     """
@@ -65,6 +68,7 @@ class LesionData:
     simulation: LesionSimOptions = field(default_factory=LesionSimOptions)
     positive_fraction: float = 0.7
     train_crop: tuple[int, int] | None = None
+    train_flip: bool = False
     val_fraction: float = 0.2
     cache: bool = True
 
@@ -162,4 +166,6 @@ def lesion_dataset(
         window=window,
         seed=seed,
     )
-    return slices if options.train_crop is None else CroppedLesionSlices(slices, options.train_crop, seed)
+    if options.train_crop is None and not options.train_flip:
+        return slices
+    return CroppedLesionSlices(slices, options.train_crop, seed, flip=options.train_flip)

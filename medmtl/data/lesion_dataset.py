@@ -20,6 +20,7 @@ A sample holds (``medmtl.keys``; N lesions on the slice, T = ``len(volume.tag_na
 - ``Keys.DIAMETERS`` (N, 2) float32 long and short axis in mm: the lesion's recorded values on its key slice
   (NaN where unknown), elsewhere ``medmtl.data.lesion_geometry.measure_recist`` of its mask on this slice.
 - ``Keys.PIXEL_SPACING`` (2,) float32 mm along I and J; ``Keys.SLICE_POSITION`` () float32, k / (K - 1).
+- ``Keys.PATIENT_FRAME`` (3, 3) float32: where the slice's pixels are in the patient (``patient_frame``).
 - ``Keys.SLICE`` int, the slice index k; ``Keys.FNAME`` str, the volume's name.
 
 Lesions are in instance order (``volume.lesions``). ``collate_lesion_samples`` batches samples of different
@@ -61,6 +62,22 @@ def intensity_range(volume: np.ndarray, window: tuple[float, float] | None = Non
     if not high > low:
         high = low + 1.0  # a constant volume: shift it to 0 and keep its scale
     return float(low), float(high)
+
+
+def patient_frame(affine: np.ndarray, shape: Sequence[int], k: int) -> np.ndarray:
+    """(3, 3) float32: the RAS+ mm geometry of slice ``k`` of a volume of ``shape`` (I, J, K) with voxel ->
+    RAS+ ``affine``, relative to the volume's centre voxel ((I - 1) / 2, (J - 1) / 2, (K - 1) / 2).
+
+    Columns: the step of one pixel along i, the step along j, and pixel (0, 0)'s position, so pixel (i, j) of
+    the slice sits at ``frame[:, 2] + i * frame[:, 0] + j * frame[:, 1]`` mm from the centre. Positions
+    relative to the centre do not depend on where the scanner put its origin, and the hemisphere, for one,
+    is the sign of the first (R) coordinate in a head scan centred in its field of view, whatever the slice
+    orientation.
+    """
+    affine = np.asarray(affine, np.float64)
+    centre = (np.asarray(shape[:3], np.float64) - 1) / 2
+    origin = affine[:3, :3] @ (np.array([0.0, 0.0, float(k)]) - centre)
+    return np.stack((affine[:3, 0], affine[:3, 1], origin), axis=1).astype(np.float32)
 
 
 def normalise(values: np.ndarray, low: float, high: float, clip: bool) -> np.ndarray:
@@ -213,6 +230,7 @@ def slice_sample(
         Keys.DIAMETERS: torch.from_numpy(diameters),
         Keys.PIXEL_SPACING: torch.tensor(volume.spacing[:2], dtype=torch.float32),
         Keys.SLICE_POSITION: torch.tensor(k / last if last else 0.0, dtype=torch.float32),
+        Keys.PATIENT_FRAME: torch.from_numpy(patient_frame(volume.affine, volume.image.shape, k)),
         Keys.SLICE: int(k),
         Keys.FNAME: volume.name,
     }
@@ -230,7 +248,8 @@ def collate_lesion_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Lesion samples -> a batch. ``Keys.CONTEXT`` becomes (B, S, H, W), zero-padded at the bottom and right to
     the largest slice of the batch (boxes stay valid; padding is 0 in normalised units); ``Keys.MASKS`` is a
     list of (N_b, H, W) padded alike; boxes, tags, diameters, slice indices and names are lists of the
-    per-sample values; every other key is stacked (``PIXEL_SPACING`` (B, 2), ``SLICE_POSITION`` (B,))."""
+    per-sample values; every other key is stacked (``PIXEL_SPACING`` (B, 2), ``SLICE_POSITION`` (B,),
+    ``PATIENT_FRAME`` (B, 3, 3))."""
     height = max(s[Keys.CONTEXT].shape[-2] for s in samples)
     width = max(s[Keys.CONTEXT].shape[-1] for s in samples)
     batch: dict[str, Any] = {}

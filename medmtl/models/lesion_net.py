@@ -16,8 +16,13 @@ anchor-free and CenterNet-style (Zhou et al. 2019) on the trunk's stride-4 map (
   box (``medmtl.models.lesion_decode``);
 - score refinement: MULAN re-predicts a lesion's score and tags from its detection and tag scores, its box and
   its slice position (and optionally age and sex) with a small fully connected layer. Here the same inputs are
-  maps (heatmap logit, T tag logits, log box size, normalised (i, j) position, slice position and non-imaging
-  inputs broadcast), so the layer is a 1x1-convolution MLP that refines every cell at once. Its output is its
+  maps (heatmap logit, T tag logits, log box size, the cell's position and non-imaging inputs broadcast), so
+  the layer is a 1x1-convolution MLP that refines every cell at once. The position is, with
+  ``refine_position="array"`` (MULAN's), the normalised (i, j) array position and the slice position; with
+  ``"patient"``, the cell's RAS+ position in the patient relative to the volume's centre, in units of
+  ``PATIENT_SCALE_MM``, from ``Keys.PATIENT_FRAME`` (``medmtl.data.lesion_dataset.patient_frame``), which
+  means the same in every slice orientation (array positions do not: the hemisphere lies along j in an axial
+  slice and along k in a sagittal one). Its output is its
   input logits plus a correction that starts at zero (MULAN starts its layer as the identity too), and it
   takes its inputs detached: it learns to re-score the heads' outputs without pulling the heads towards
   outputs that are easier to re-score, so the heads' losses mean the same with and without it, and the
@@ -54,6 +59,9 @@ from medmtl.models.unet import crop_to
 from medmtl.transforms.context import DEFAULT_INTERVAL_MM, DEFAULT_NUM_SLICES, check_context_layout
 
 TASKS = ("det", "tag", "mask", "refine")
+POSITIONS = ("array", "patient")
+# Patient positions enter the refinement in units of 10 cm: about -1 to 1 over a head, -3 to 3 over a body.
+PATIENT_SCALE_MM = 100.0
 # CenterNet's heatmap bias: every cell starts at probability 0.1, so the many background cells do not swamp
 # the first steps of the focal loss.
 _HEATMAP_PRIOR = 0.1
@@ -105,6 +113,8 @@ class LesionNet(nn.Module):
         interval_mm: the distance between context slices the network was trained with.
         window: the intensity window (low, high) in the volume's units mapped to [0, 1], or None for the
             per-volume 0.5-99.5 percentile scaling (``medmtl.data.lesion_dataset.intensity_range``).
+        refine_position: what position the refinement reads: ``"array"`` (normalised array and slice
+            position, MULAN's) or ``"patient"`` (the patient frame; see the module docstring).
 
     ``num_slices``, ``interval_mm`` and ``window`` are the network's input contract: the training data, the
     volume inference (``medmtl lesion``) and the ONNX metadata all read them from here.
@@ -125,6 +135,7 @@ class LesionNet(nn.Module):
         tag_names: Sequence[str] | None = None,
         interval_mm: float = DEFAULT_INTERVAL_MM,
         window: Sequence[float] | None = None,
+        refine_position: str = "array",
     ):
         super().__init__()
         tasks = tuple(tasks)
@@ -144,6 +155,9 @@ class LesionNet(nn.Module):
                 f"{refine_hidden} and {tag_negative_ratio}",
             )
         check_context_layout(num_slices, interval_mm)
+        if refine_position not in POSITIONS:
+            raise ConfigError("refine_position", f"{refine_position!r}; choose from {', '.join(POSITIONS)}")
+        self.refine_position = refine_position
         if window is not None and not (len(window) == 2 and float(window[0]) < float(window[1])):
             raise ConfigError("window", f"must be (low, high) with low < high, or null, got {window}")
         if tag_names is None:
@@ -180,8 +194,9 @@ class LesionNet(nn.Module):
             self.mask_top = conv_norm_act(c1, c1)
             self.mask_out = nn.Conv2d(c1, 1, 1)
         if "refine" in self._tasks:
-            # heatmap logit, T tag logits, log size (2), position (2), slice position, clinical inputs
-            in_chans = 1 + num_tags + 2 + 2 + 1 + num_clinical
+            # heatmap logit, T tag logits, log size (2), position (array: i, j, slice; patient: R, A, S),
+            # clinical inputs
+            in_chans = 1 + num_tags + 2 + 3 + num_clinical
             self.refiner = nn.Sequential(
                 nn.Conv2d(in_chans, refine_hidden, 1),
                 nn.SiLU(inplace=True),
@@ -195,14 +210,21 @@ class LesionNet(nn.Module):
         """The tasks this network has heads and losses for, in ``TASKS`` order."""
         return self._tasks
 
+    @property
+    def reads_patient_frame(self) -> bool:
+        """Whether ``forward`` needs ``patient_frame`` (a score refinement on patient positions)."""
+        return "refine" in self._tasks and self.refine_position == "patient"
+
     def forward(
         self,
         context: torch.Tensor,
         slice_position: torch.Tensor | None = None,
         clinical: torch.Tensor | None = None,
+        patient_frame: torch.Tensor | None = None,
     ) -> LesionOutput:
-        """context (B, S, H, W) (``Keys.CONTEXT``); slice_position (B,) in [0, 1] (``Keys.SLICE_POSITION``)
-        and clinical (B, E) non-imaging inputs, read by the refinement only (needed when it is on)."""
+        """context (B, S, H, W) (``Keys.CONTEXT``); slice_position (B,) in [0, 1] (``Keys.SLICE_POSITION``),
+        clinical (B, E) non-imaging inputs and patient_frame (B, 3, 3) (``Keys.PATIENT_FRAME``), read by the
+        refinement only: the position its ``refine_position`` names, and clinical inputs when E > 0."""
         if context.dim() != 4:
             raise InputError("context", f"expected (B, S, H, W), got {tuple(context.shape)}")
         height, width = context.shape[2], context.shape[3]
@@ -221,20 +243,57 @@ class LesionNet(nn.Module):
             mask = crop_to(self.mask_out(self.mask_top(upsample2(m) + features.stride1)), height, width)
         refined_heatmap = refined_tags = None
         if "refine" in self._tasks:
-            refined = self._refine(heatmap, tags, size, slice_position, clinical)
+            refined = self._refine(heatmap, tags, size, slice_position, clinical, patient_frame)
             refined_heatmap, refined_tags = refined[:, :1], refined[:, 1:]
         return LesionOutput(heatmap, refined_heatmap, size, offset, tags, refined_tags, mask)
 
     def forward_batch(self, batch: Mapping[str, Any]) -> LesionOutput:
         """``forward`` on a ``collate_lesion_samples`` batch (what ``MultitaskModule`` calls); non-imaging
-        inputs come from ``Keys.CLINICAL`` (B, E) when the batch has them."""
-        return self(batch[Keys.CONTEXT], batch.get(Keys.SLICE_POSITION), batch.get(Keys.CLINICAL))
+        inputs come from ``Keys.CLINICAL`` (B, E) and patient frames from ``Keys.PATIENT_FRAME`` (B, 3, 3)
+        when the batch has them."""
+        return self(
+            batch[Keys.CONTEXT],
+            batch.get(Keys.SLICE_POSITION),
+            batch.get(Keys.CLINICAL),
+            batch.get(Keys.PATIENT_FRAME),
+        )
 
-    def _refine(self, heatmap, tags, size, slice_position, clinical) -> torch.Tensor:
-        """(B, 1 + T, h, w): the heatmap and tag logits plus the refinement MLP's correction."""
+    def _positions(self, heatmap, slice_position, patient_frame) -> torch.Tensor:
+        """(B, 3, h, w) position of every cell's centre, as ``refine_position`` says."""
         b, _, h, w = heatmap.shape
+        dtype, device = heatmap.dtype, heatmap.device
+        if self.refine_position == "patient":
+            if patient_frame is None or tuple(patient_frame.shape) != (b, 3, 3):
+                got = None if patient_frame is None else tuple(patient_frame.shape)
+                raise InputError(
+                    "patient_frame", f"the score refinement needs ({b}, 3, 3) patient frames, got {got}"
+                )
+            # Cell u covers pixels STRIDE u .. STRIDE u + STRIDE - 1: its centre is pixel STRIDE u + (STRIDE - 1) / 2.
+            rows = torch.arange(h, dtype=dtype, device=device) * STRIDE + (STRIDE - 1) / 2
+            cols = torch.arange(w, dtype=dtype, device=device) * STRIDE + (STRIDE - 1) / 2
+            frame = patient_frame.to(dtype) / PATIENT_SCALE_MM
+            return (
+                frame[:, :, 2, None, None]
+                + frame[:, :, 0, None, None] * rows[None, None, :, None]
+                + frame[:, :, 1, None, None] * cols[None, None, None, :]
+            )
         if slice_position is None:
             raise InputError("slice_position", "the score refinement needs the key slice's position (B,)")
+        rows = (torch.arange(h, dtype=dtype, device=device) + 0.5) / h
+        cols = (torch.arange(w, dtype=dtype, device=device) + 0.5) / w
+        return torch.cat(
+            (
+                rows[None, None, :, None].expand(b, 1, h, w),
+                cols[None, None, None, :].expand(b, 1, h, w),
+                slice_position.to(dtype).reshape(b, 1, 1, 1).expand(b, 1, h, w),
+            ),
+            dim=1,
+        )
+
+    def _refine(self, heatmap, tags, size, slice_position, clinical, patient_frame) -> torch.Tensor:
+        """(B, 1 + T, h, w): the heatmap and tag logits plus the refinement MLP's correction."""
+        b, _, h, w = heatmap.shape
+        positions = self._positions(heatmap, slice_position, patient_frame)
         if self.num_clinical and (
             clinical is None or clinical.dim() != 2 or clinical.shape[1] != self.num_clinical
         ):
@@ -243,15 +302,7 @@ class LesionNet(nn.Module):
                 "clinical", f"the score refinement needs (B, {self.num_clinical}) inputs, got {got}"
             )
         scores = torch.cat((heatmap, tags), dim=1).detach()
-        rows = (torch.arange(h, dtype=heatmap.dtype, device=heatmap.device) + 0.5) / h
-        cols = (torch.arange(w, dtype=heatmap.dtype, device=heatmap.device) + 0.5) / w
-        maps = [
-            scores,
-            size.detach(),
-            rows[None, None, :, None].expand(b, 1, h, w),
-            cols[None, None, None, :].expand(b, 1, h, w),
-            slice_position.to(heatmap.dtype).reshape(b, 1, 1, 1).expand(b, 1, h, w),
-        ]
+        maps = [scores, size.detach(), positions]
         if self.num_clinical:
             maps.append(clinical.to(heatmap.dtype)[:, :, None, None].expand(b, self.num_clinical, h, w))
         return scores + self.refiner(torch.cat(maps, dim=1))

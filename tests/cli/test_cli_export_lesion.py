@@ -58,7 +58,13 @@ def test_cli_export_prints_and_records_the_verification(exported):
     assert all("detections" in line and "agreement 100.0 %" in line for line in lines[2:])
     metadata = read_metadata(path)
     assert json.loads(metadata[META_TASKS]) == ["det"]
-    contract = {"num_slices": 3, "interval_mm": 3.0, "window": None, "num_clinical": 0}
+    contract = {
+        "num_slices": 3,
+        "interval_mm": 3.0,
+        "window": None,
+        "num_clinical": 0,
+        "refine_position": "array",
+    }
     assert json.loads(metadata[META_CONTRACT]) == contract
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert metadata[META_SOURCE] == f"lesion.ckpt sha256:{digest}"

@@ -1,4 +1,5 @@
-"""Lesion data of the data module: options, key-slice evaluation images and random training windows."""
+"""Lesion data of the data module: options, key-slice evaluation images, random training windows and flips, and
+the patient frame that crops and flips move with the pixels."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from medmtl.data.lesion_crop import CroppedLesionSlices, crop_lesion_sample
+from medmtl.data.lesion_crop import CroppedLesionSlices, crop_lesion_sample, flip_lesion_sample
 from medmtl.data.lesion_data import LesionData, lesion_dataset
-from medmtl.data.lesion_dataset import KeySliceDataset, LesionSliceDataset, slice_sample
+from medmtl.data.lesion_dataset import KeySliceDataset, LesionSliceDataset, patient_frame, slice_sample
 from medmtl.data.lesion_record import Lesion, LesionVolume
 from medmtl.errors import ConfigError
 from medmtl.keys import Keys
@@ -85,6 +86,84 @@ def test_lesion_centred_windows_hold_the_lesion_and_repeat_per_key():
         held += len(sample[Keys.BOXES]) > 0
         torch.testing.assert_close(sample[Keys.CONTEXT], data[(1, index)][Keys.CONTEXT])
     assert held >= 5  # 90 % of windows are placed on the lesion
+
+
+# An oblique volume: voxel (i, j, k) -> RAS+ mm, 0.8 x 0.8 x 2 mm voxels, axes turned about the S axis by 30 deg.
+_C, _S = np.cos(np.pi / 6), np.sin(np.pi / 6)
+OBLIQUE = np.array(
+    [[-0.8 * _C, 0.8 * _S, 0, 40.0], [-0.8 * _S, -0.8 * _C, 0, -12.0], [0, 0, 2.0, 7.0], [0, 0, 0, 1]]
+)
+
+
+def test_patient_frame_by_hand():
+    # Volume (20, 24, 10): centre voxel (9.5, 11.5, 4.5). Slice 3, pixel (0, 0) = voxel (0, 0, 3).
+    frame = patient_frame(OBLIQUE, (20, 24, 10), 3)
+    np.testing.assert_allclose(frame[:, 0], [-0.8 * _C, -0.8 * _S, 0], rtol=1e-6)
+    np.testing.assert_allclose(frame[:, 1], [0.8 * _S, -0.8 * _C, 0], rtol=1e-6)
+    # (0 - 9.5, 0 - 11.5, 3 - 4.5) through the linear part: the translation cancels.
+    di, dj, dk = -9.5, -11.5, -1.5
+    want = [-0.8 * _C * di + 0.8 * _S * dj, -0.8 * _S * di - 0.8 * _C * dj, 2.0 * dk]
+    np.testing.assert_allclose(frame[:, 2], want, rtol=1e-6)
+    assert frame.dtype == np.float32
+    # Any pixel: frame position = affine position - affine position of the centre.
+    centre = OBLIQUE[:3, :3] @ np.array([9.5, 11.5, 4.5]) + OBLIQUE[:3, 3]
+    at = OBLIQUE[:3, :3] @ np.array([7, 5, 3]) + OBLIQUE[:3, 3] - centre
+    np.testing.assert_allclose(frame[:, 2] + 7 * frame[:, 0] + 5 * frame[:, 1], at, atol=1e-4)
+
+
+def _position(sample, i: int, j: int) -> np.ndarray:
+    frame = sample[Keys.PATIENT_FRAME].double().numpy()
+    return frame[:, 2] + i * frame[:, 0] + j * frame[:, 1]
+
+
+def test_crops_and_flips_keep_every_pixel_where_it_is_in_the_patient():
+    vol = volume([(2, 3, 1, 6, 8, 4), (12, 14, 1, 18, 20, 3)])
+    vol = LesionVolume(vol.image, vol.spacing, OBLIQUE, vol.instances, vol.lesions, vol.tag_names, vol.name)
+    sample = slice_sample(vol, 2, 3, 2.0)
+    cut = crop_lesion_sample(sample, (12, 16), np.random.default_rng(1))
+    for flips in ([], [0], [1], [0, 1]):
+        out = cut
+        for axis in flips:
+            out = flip_lesion_sample(out, axis)
+        h, w = out[Keys.CONTEXT].shape[-2:]
+        for i, j in ((0, 0), (3, 7), (h - 1, w - 1)):
+            # The pixel's value is that of the uncut slice's pixel at the same patient position.
+            ii, jj = (h - 1 - i if 0 in flips else i), (w - 1 - j if 1 in flips else j)
+            assert out[Keys.CONTEXT][1, i, j] == cut[Keys.CONTEXT][1, ii, jj]
+            np.testing.assert_allclose(_position(out, i, j), _position(cut, ii, jj), atol=1e-4)
+        for box, mask in zip(out[Keys.BOXES].numpy(), out[Keys.MASKS].numpy(), strict=True):
+            rows, cols = np.nonzero(mask)
+            np.testing.assert_array_equal(box, [rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
+        torch.testing.assert_close(out[Keys.TAGS], cut[Keys.TAGS])
+        torch.testing.assert_close(out[Keys.DIAMETERS], cut[Keys.DIAMETERS], equal_nan=True)
+    # The crop itself: the window's pixels sit where the same values sit in the whole slice.
+    h, w = cut[Keys.CONTEXT].shape[-2:]
+    full_positions = {
+        tuple(np.round(_position(sample, i, j), 3)): sample[Keys.CONTEXT][1, i, j].item()
+        for i in range(sample[Keys.CONTEXT].shape[-2])
+        for j in range(sample[Keys.CONTEXT].shape[-1])
+    }
+    for i, j in ((0, 0), (5, 9), (h - 1, w - 1)):
+        assert full_positions[tuple(np.round(_position(cut, i, j), 3))] == cut[Keys.CONTEXT][1, i, j].item()
+
+
+def test_flipped_windows_flip_rows_and_columns_each_half_of_the_time():
+    slices = LesionSliceDataset(
+        [volume([(1, 16, 1, 5, 22, 4)])], samples_per_epoch=64, num_slices=3, interval_mm=2.0
+    )
+    plain, flipped = CroppedLesionSlices(slices, None), CroppedLesionSlices(slices, None, flip=True)
+    steps = []
+    for index in range(64):
+        a, b = plain[(0, index)], flipped[(0, index)]
+        assert a[Keys.CONTEXT].shape == b[Keys.CONTEXT].shape == (3, 20, 24)  # no window: whole slices
+        steps.append(
+            torch.sign(b[Keys.PATIENT_FRAME][[0, 1], [0, 1]] * a[Keys.PATIENT_FRAME][[0, 1], [0, 1]])
+        )
+        torch.testing.assert_close(
+            flipped[(0, index)][Keys.CONTEXT], b[Keys.CONTEXT]
+        )  # a pure function of the key
+    reversed_share = (torch.stack(steps) < 0).double().mean(0)
+    assert ((reversed_share > 0.3) & (reversed_share < 0.7)).all(), reversed_share
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,28 @@ def test_inputs_the_refinement_needs_are_checked():
     assert net(context, torch.tensor([0.5]), torch.tensor([[0.6, 1.0]])).refined_heatmap.shape == (1, 1, 2, 2)
 
 
+def test_patient_positions_of_the_refinement_by_hand():
+    net = LesionNet(**TINY, refine_position="patient")
+    assert net.reads_patient_frame and not LesionNet(**TINY).reads_patient_frame
+    # 2 mm along R per row, 0.5 mm along A per column, pixel (0, 0) at (-30, 10, 50) mm.
+    frame = torch.tensor([[[2.0, 0.0, -30.0], [0.0, 0.5, 10.0], [0.0, 0.0, 50.0]]])
+    heatmap = torch.zeros(1, 1, 3, 5)
+    positions = net._positions(heatmap, None, frame)
+    assert positions.shape == (1, 3, 3, 5)
+    # Cell (u, v) is centred on pixel (4 u + 1.5, 4 v + 1.5); positions come in units of 100 mm.
+    for u, v in ((0, 0), (2, 4), (1, 3)):
+        i, j = 4 * u + 1.5, 4 * v + 1.5
+        want = torch.tensor([-30 + 2 * i, 10 + 0.5 * j, 50.0]) / 100
+        torch.testing.assert_close(positions[0, :, u, v], want)
+    context = torch.rand(1, 9, 12, 20)
+    with pytest.raises(InputError, match=r"patient_frame: .*\(1, 3, 3\) patient frames, got None"):
+        net(context, torch.tensor([0.5]))
+    with pytest.raises(InputError, match=r"got \(1, 3\)"):
+        net(context, torch.tensor([0.5]), None, frame[:, 0])
+    out = net(context, None, None, frame)  # the slice position is not read
+    assert out.refined_heatmap.shape == (1, 1, 3, 5)
+
+
 @pytest.mark.parametrize("num_slices", [3, 9, 15])
 def test_only_the_central_group_matters_until_the_fusion_learns(num_slices):
     torch.manual_seed(0)
