@@ -4,8 +4,9 @@ A window of a fixed size is cheaper to train on than a whole slice and, placed o
 keeps the share of lesion pixels up. The window and the flips are drawn per item from (seed, epoch, index)
 like the slice itself, so runs and resumed runs see the same samples.
 
-A flip reverses the order of the array's rows or columns and moves the patient frame with them
-(``Keys.PATIENT_FRAME``): every pixel keeps its place in the patient, only the array layout changes. So the
+A flip reverses the order of the array's rows or columns, or swaps rows and columns (a transpose, the flip
+about the diagonal), and moves the patient frame with them (``Keys.PATIENT_FRAME``; the pixel spacing swaps
+with a transpose): every pixel keeps its place in the patient, only the array layout changes. So the
 array position of a lesion stops telling its side of the body, and a network learns laterality from the
 patient frame, which holds in any slice orientation (a network trained on axial slices without flips tagged
 the hemisphere below chance on sagittal ones, where the array axes are anterior-posterior and
@@ -101,10 +102,26 @@ def flip_lesion_sample(sample: dict[str, Any], axis: int) -> dict[str, Any]:
     return flipped
 
 
+def transpose_lesion_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """``sample`` with rows and columns swapped: context, boxes, masks, pixel spacing and the patient frame
+    (module docstring); tags and diameters are unchanged."""
+    transposed = {
+        **sample,
+        Keys.CONTEXT: sample[Keys.CONTEXT].transpose(-2, -1),
+        Keys.BOXES: sample[Keys.BOXES][:, [1, 0, 3, 2]],
+        Keys.MASKS: sample[Keys.MASKS].transpose(-2, -1),
+    }
+    if Keys.PIXEL_SPACING in sample:
+        transposed[Keys.PIXEL_SPACING] = sample[Keys.PIXEL_SPACING].flip(0)
+    if Keys.PATIENT_FRAME in sample:
+        transposed[Keys.PATIENT_FRAME] = sample[Keys.PATIENT_FRAME][:, [1, 0, 2]]
+    return transposed
+
+
 class CroppedLesionSlices(Dataset):
     """A training ``LesionSliceDataset`` whose samples are cut to ``size`` windows (None: whole slices) and,
-    with ``flip``, have their rows and their columns each reversed with probability 1/2 (see the module
-    docstring).
+    with ``flip``, have their rows reversed, their columns reversed and the two swapped, each with
+    probability 1/2 (one of the 8 layouts of the square, uniformly; see the module docstring).
 
     Keys are ``(epoch, index)`` (``EpochSampler``) or plain indices (epoch 0).
     """
@@ -126,6 +143,10 @@ class CroppedLesionSlices(Dataset):
             sample = crop_lesion_sample(sample, self.size, rng)
         if self.flip:
             # Drawn after the window, so a run without flips sees the windows it saw before flips existed.
-            for axis in np.flatnonzero(rng.random(2) < 0.5):
-                sample = flip_lesion_sample(sample, int(axis))
+            rows, cols, swap = rng.random(3) < 0.5
+            for axis, coin in enumerate((rows, cols)):
+                if coin:
+                    sample = flip_lesion_sample(sample, axis)
+            if swap:
+                sample = transpose_lesion_sample(sample)
         return sample

@@ -54,9 +54,9 @@ class LesionData:
         positive_fraction: training: the probability of drawing a slice that holds a lesion.
         train_crop: (h, w) random training windows (``medmtl.data.lesion_crop``), mostly placed on a lesion;
             None trains on whole slices. Evaluation always sees whole slices.
-        train_flip: reverse the rows and the columns of each training sample, each with probability 1/2,
-            with the patient frame (``medmtl.data.lesion_crop``), so that laterality must come from the
-            frame rather than the array position.
+        train_flip: reverse the rows, reverse the columns and swap the two in each training sample, each
+            with probability 1/2, with the patient frame (``medmtl.data.lesion_crop``), so that laterality
+            must come from the frame rather than the array position.
         val_fraction: ``nifti``: the share of ``imagesTr`` cases held out for validation (the last ones).
         cache: keep every volume of a split in memory once read.
     """

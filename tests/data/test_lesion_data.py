@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from medmtl.data.lesion_crop import CroppedLesionSlices, crop_lesion_sample, flip_lesion_sample
+from medmtl.data.lesion_crop import (
+    CroppedLesionSlices,
+    crop_lesion_sample,
+    flip_lesion_sample,
+    transpose_lesion_sample,
+)
 from medmtl.data.lesion_data import LesionData, lesion_dataset
 from medmtl.data.lesion_dataset import KeySliceDataset, LesionSliceDataset, patient_frame, slice_sample
 from medmtl.data.lesion_record import Lesion, LesionVolume
@@ -121,23 +126,29 @@ def test_crops_and_flips_keep_every_pixel_where_it_is_in_the_patient():
     vol = LesionVolume(vol.image, vol.spacing, OBLIQUE, vol.instances, vol.lesions, vol.tag_names, vol.name)
     sample = slice_sample(vol, 2, 3, 2.0)
     cut = crop_lesion_sample(sample, (12, 16), np.random.default_rng(1))
-    for flips in ([], [0], [1], [0, 1]):
-        out = cut
-        for axis in flips:
-            out = flip_lesion_sample(out, axis)
-        h, w = out[Keys.CONTEXT].shape[-2:]
-        for i, j in ((0, 0), (3, 7), (h - 1, w - 1)):
-            # The pixel's value is that of the uncut slice's pixel at the same patient position.
-            ii, jj = (h - 1 - i if 0 in flips else i), (w - 1 - j if 1 in flips else j)
-            assert out[Keys.CONTEXT][1, i, j] == cut[Keys.CONTEXT][1, ii, jj]
-            np.testing.assert_allclose(_position(out, i, j), _position(cut, ii, jj), atol=1e-4)
-        for box, mask in zip(out[Keys.BOXES].numpy(), out[Keys.MASKS].numpy(), strict=True):
-            rows, cols = np.nonzero(mask)
-            np.testing.assert_array_equal(box, [rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
-        torch.testing.assert_close(out[Keys.TAGS], cut[Keys.TAGS])
-        torch.testing.assert_close(out[Keys.DIAMETERS], cut[Keys.DIAMETERS], equal_nan=True)
-    # The crop itself: the window's pixels sit where the same values sit in the whole slice.
     h, w = cut[Keys.CONTEXT].shape[-2:]
+    for flips in ([], [0], [1], [0, 1]):
+        for swap in (False, True):
+            out = cut
+            for axis in flips:
+                out = flip_lesion_sample(out, axis)
+            if swap:
+                out = transpose_lesion_sample(out)
+            assert out[Keys.CONTEXT].shape[-2:] == ((w, h) if swap else (h, w))
+            for i, j in ((0, 0), (3, 7), (h - 1, w - 1)):
+                # (i, j) of the flipped window; (a, b) the same pixel in the window before any flip.
+                a, b = (h - 1 - i if 0 in flips else i), (w - 1 - j if 1 in flips else j)
+                at = (j, i) if swap else (i, j)
+                assert out[Keys.CONTEXT][1, at[0], at[1]] == cut[Keys.CONTEXT][1, a, b]
+                np.testing.assert_allclose(_position(out, *at), _position(cut, a, b), atol=1e-4)
+            for box, mask in zip(out[Keys.BOXES].numpy(), out[Keys.MASKS].numpy(), strict=True):
+                rows, cols = np.nonzero(mask)
+                np.testing.assert_array_equal(box, [rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
+            torch.testing.assert_close(out[Keys.TAGS], cut[Keys.TAGS])
+            torch.testing.assert_close(out[Keys.DIAMETERS], cut[Keys.DIAMETERS], equal_nan=True)
+            spacing = cut[Keys.PIXEL_SPACING].flip(0) if swap else cut[Keys.PIXEL_SPACING]
+            torch.testing.assert_close(out[Keys.PIXEL_SPACING], spacing)
+    # The crop itself: the window's pixels sit where the same values sit in the whole slice.
     full_positions = {
         tuple(np.round(_position(sample, i, j), 3)): sample[Keys.CONTEXT][1, i, j].item()
         for i in range(sample[Keys.CONTEXT].shape[-2])
@@ -147,23 +158,25 @@ def test_crops_and_flips_keep_every_pixel_where_it_is_in_the_patient():
         assert full_positions[tuple(np.round(_position(cut, i, j), 3))] == cut[Keys.CONTEXT][1, i, j].item()
 
 
-def test_flipped_windows_flip_rows_and_columns_each_half_of_the_time():
+def test_flipped_windows_take_each_reflection_half_of_the_time():
     slices = LesionSliceDataset(
         [volume([(1, 16, 1, 5, 22, 4)])], samples_per_epoch=64, num_slices=3, interval_mm=2.0
     )
     plain, flipped = CroppedLesionSlices(slices, None), CroppedLesionSlices(slices, None, flip=True)
-    steps = []
+    draws = []
     for index in range(64):
         a, b = plain[(0, index)], flipped[(0, index)]
-        assert a[Keys.CONTEXT].shape == b[Keys.CONTEXT].shape == (3, 20, 24)  # no window: whole slices
-        steps.append(
-            torch.sign(b[Keys.PATIENT_FRAME][[0, 1], [0, 1]] * a[Keys.PATIENT_FRAME][[0, 1], [0, 1]])
-        )
+        assert a[Keys.CONTEXT].shape == (3, 20, 24)  # no window: whole slices
+        swapped = b[Keys.CONTEXT].shape == (3, 24, 20)
+        assert swapped or b[Keys.CONTEXT].shape == (3, 20, 24)
+        frame = b[Keys.PATIENT_FRAME][:, [1, 0, 2]] if swapped else b[Keys.PATIENT_FRAME]
+        # The volume's affine is the identity: a reversed axis has a step of -1 along its own patient axis.
+        draws.append([frame[0, 0] < 0, frame[1, 1] < 0, swapped])
         torch.testing.assert_close(
             flipped[(0, index)][Keys.CONTEXT], b[Keys.CONTEXT]
         )  # a pure function of the key
-    reversed_share = (torch.stack(steps) < 0).double().mean(0)
-    assert ((reversed_share > 0.3) & (reversed_share < 0.7)).all(), reversed_share
+    share = torch.tensor(draws, dtype=torch.float64).mean(0)
+    assert ((share > 0.3) & (share < 0.7)).all(), share
 
 
 @pytest.mark.parametrize(
