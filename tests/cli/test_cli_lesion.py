@@ -262,10 +262,14 @@ def test_console_script_reports_one_line(tmp_path, checkpoint):
     assert_one_line_error(proc.returncode, proc.stderr, "no.nii", "no such file")
 
 
-def test_onnx_and_checkpoint_give_the_same_findings(tmp_path, checkpoint):
+@pytest.mark.parametrize("position", ["array", "patient"])
+def test_onnx_and_checkpoint_give_the_same_findings(tmp_path, checkpoint, position):
     from medmtl.inference import load_network
     from medmtl.lesion_export import export_lesion_onnx
 
+    if position == "patient":  # spread weights, so that the refinement reads the volume's patient frames
+        args = {**TINY, "refine_position": "patient"}
+        checkpoint = save_lesion_checkpoint(tmp_path / "patient.ckpt", args, seed=2, perturb=0.1)
     onnx = tmp_path / "lesion.onnx"
     export_lesion_onnx(load_network(checkpoint)[0], onnx)
     src = write_volume(tmp_path / "in" / "scan.nii.gz")
