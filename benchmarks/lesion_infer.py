@@ -30,6 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import medmtl.lesion_inference as lesion_inference
+from medmtl.data.lesion_dataset import patient_frame
 from medmtl.data.lesion_record import LesionVolume
 from medmtl.data.lesion_sim import LesionSimOptions, simulate_lesion_volume
 from medmtl.lesion_inference import LesionPredictor
@@ -108,7 +109,8 @@ def main() -> None:
 
     with FlopCounterMode(display=False) as flops, torch.inference_mode():
         context = torch.zeros(1, predictor.network.num_slices, *volume.image.shape[:2])
-        predictor.network(context, torch.zeros(1), None)
+        frame = torch.from_numpy(patient_frame(volume.affine, volume.image.shape, 0))[None]
+        predictor.network(context, torch.zeros(1), None, frame)
     gflop_per_slice = flops.get_total_flops() / 1e9
 
     parts = ("volume", "forward", "decode")

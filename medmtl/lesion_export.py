@@ -196,14 +196,9 @@ def lesion_real_case(
     volume = simulate_lesion_volume(index, "val", seed, LesionSimOptions(voxel_mm=voxel_mm))
     k = int(np.argmax((volume.instances != 0).sum(axis=(0, 1))))
     sample = slice_sample(volume, k, net.num_slices, net.interval_mm, net.window)
-    clinical = (torch.rand(1, net.num_clinical, generator=torch.Generator().manual_seed(seed)),)
+    clinical = _inputs(net, 1, 1, 1, seed)[2 : 2 + (net.num_clinical > 0)]
     frame = (sample[Keys.PATIENT_FRAME][None],) if net.reads_patient_frame else ()
-    return (
-        sample[Keys.CONTEXT][None],
-        sample[Keys.SLICE_POSITION].reshape(1),
-        *(clinical if net.num_clinical else ()),
-        *frame,
-    )
+    return sample[Keys.CONTEXT][None], sample[Keys.SLICE_POSITION].reshape(1), *clinical, *frame
 
 
 def lesion_random_case(

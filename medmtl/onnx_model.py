@@ -340,11 +340,11 @@ class OnnxLesionNetwork:
             )
         b = context.shape[0]
         if slice_position is None:
-            if "refine" in self.tasks:
+            if "refine" in self.tasks and not self.reads_patient_frame:
                 raise InputError(
                     Keys.SLICE_POSITION.value, "the score refinement needs the key slice's position (B,)"
                 )
-            slice_position = torch.zeros(b)  # a graph input the network without refinement never reads
+            slice_position = torch.zeros(b)  # a graph input the network never reads then
         position = _numpy(slice_position).reshape(-1)
         if position.size != b:
             raise InputError(Keys.SLICE_POSITION.value, f"expected ({b},), got {tuple(position.shape)}")

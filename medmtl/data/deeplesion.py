@@ -15,7 +15,10 @@ Axes: ``image[i, j, k]`` is pixel (row j, column i) of PNG ``first_slice + k``, 
 columns (DL_info's x) and j along its rows (y), the way nibabel loads a NIfTI converted from the same
 axial DICOM series. The affine is nominal: DeepLesion stores neither position nor orientation, so it is
 ``diag(-x, -y, z)`` spacing, which puts the usual axial DICOM display (columns towards the patient's left,
-rows towards the back) into RAS+, with the origin at voxel 0.
+rows towards the back) into RAS+, with the origin at voxel 0. Patient positions relative to the volume's
+centre (``medmtl.data.lesion_dataset.patient_frame``) are therefore right in-plane (left-right and front-back
+of the field of view's centre) but along z only relative to the slices read, which are a range around the key
+slices, not the whole scan.
 
 Per lesion: the box from ``Bounding_boxes`` (clipped to the slice) on its key slice, the RECIST end points
 as measured, the diameters in mm from those end points, and a weak instance mask on the key slice only:

@@ -12,11 +12,16 @@ names its own checkpoint plugin. ``docs/distributed.md`` covers DDP and FSDP run
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
+import torch
 from jsonargparse import ArgumentError
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -95,11 +100,29 @@ class MultitaskCLI(LightningCLI):
         # torch.load: a damaged file fails here first (``--ckpt_path last`` fails later, in AtomicCheckpointIO).
         try:
             super()._parse_ckpt_path()
+            self._default_unrecorded_network_args()
         except ArgumentError:
             raise
         except Exception as err:
             path = self.config[self.config.subcommand].get("ckpt_path")
             raise unreadable_checkpoint(path, describe_error(err)) from err
+
+    def _default_unrecorded_network_args(self) -> None:
+        """Network arguments a --ckpt_path file does not record take their defaults in code.
+
+        LightningCLI lays the checkpoint's hyper-parameters over the config, so an argument added to the
+        network after the checkpoint was written would take the config's value: a lesion checkpoint trained
+        with array positions would be evaluated as if it read patient positions (``configs/lesion_mni.yaml``
+        sets ``refine_position: patient``). New arguments default to the behaviour from before they existed,
+        which is what such a checkpoint was trained with.
+        """
+        command = self.config.get("subcommand")
+        path = self.config[command].get("ckpt_path") if command else None
+        if not (path and Path(path).is_file()):
+            return
+        recorded = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        network = self.config[command].get("model.model")
+        fill_unrecorded_args(network, recorded.get("model"))
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -107,6 +130,25 @@ class MultitaskCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+
+def fill_unrecorded_args(network: Any, recorded: Any) -> list[str]:
+    """Set in ``network`` (the parsed config's ``model.model``: class_path and init_args) the code defaults of
+    the constructor arguments that ``recorded`` (a checkpoint's ``hyper_parameters["model"]``, the same
+    shape) lacks, when both name the same class; returns the arguments set."""
+    if network is None or not isinstance(recorded, Mapping) or "init_args" not in recorded:
+        return []
+    class_path = network.get("class_path")
+    if class_path != recorded.get("class_path") or network.get("init_args") is None:
+        return []
+    module, _, name = class_path.rpartition(".")
+    parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    filled = []
+    for arg, parameter in parameters.items():
+        if arg not in recorded["init_args"] and parameter.default is not inspect.Parameter.empty:
+            network.init_args[arg] = parameter.default
+            filled.append(arg)
+    return filled
 
 
 def _quiet_seed_message() -> None:

@@ -116,7 +116,8 @@ class LesionNet(nn.Module):
         refine_position: what position the refinement reads: ``"array"`` (normalised array and slice
             position, MULAN's) or ``"patient"`` (the patient frame; see the module docstring).
 
-    ``num_slices``, ``interval_mm`` and ``window`` are the network's input contract: the training data, the
+    ``num_slices``, ``interval_mm``, ``window``, ``num_clinical`` and ``refine_position`` are the network's input
+    contract: the training data, the
     volume inference (``medmtl lesion``) and the ONNX metadata all read them from here.
     """
 

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from jsonargparse import Namespace
 
 from medmtl.cli import main
 from medmtl.data.lesion_dataset import KeySliceDataset, collate_lesion_samples
 from medmtl.data.lesion_geometry import measure_recist
 from medmtl.data.lesion_record import Lesion, LesionVolume
 from medmtl.keys import Keys
+from medmtl.lightning.cli import fill_unrecorded_args
 from medmtl.lightning.lesion_eval import LesionEvaluation
 from medmtl.models.lesion_decode import STRIDE, encode_targets
 from medmtl.models.lesion_net import LesionOutput
@@ -185,3 +187,24 @@ def test_thresholds_for_other_tags_load_as_unchosen():
     chosen = LesionEvaluation(("odd", "even"))
     chosen.load_state_dict({"tag_thresholds": torch.tensor([0.3, 0.7])})
     assert chosen.tag_thresholds.tolist() == pytest.approx([0.3, 0.7])
+
+
+def test_patient_positions_and_flips_train_and_old_checkpoints_keep_their_positions(tmp_path):
+    config = tiny_lesion_config(tmp_path / "run")
+    override = ["--model.model.init_args.refine_position", "patient", "--data.lesions.train_flip", "true"]
+    assert main(["fit", "-c", str(config), *override]) == 0
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["hyper_parameters"]["model"]["init_args"]["refine_position"] == "patient"
+    # A checkpoint from before refine_position existed, tested with a config that sets it: the checkpoint's
+    # network is built as it was trained (array positions), not as the config says.
+    del state["hyper_parameters"]["model"]["init_args"]["refine_position"]
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    network = Namespace(
+        class_path="medmtl.models.lesion_net.LesionNet", init_args=Namespace(refine_position="patient")
+    )
+    assert fill_unrecorded_args(network, state["hyper_parameters"]["model"]) == ["refine_position"]
+    assert network.init_args.refine_position == "array"
+    assert fill_unrecorded_args(network, {"class_path": "other.Net", "init_args": {}}) == []
+    assert main(["test", "-c", str(config), *override, "--ckpt_path", str(old)]) == 0
