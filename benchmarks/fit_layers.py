@@ -22,7 +22,7 @@ def trainer_layer(run: Path, steps: int, val_check_interval: int, callbacks: tup
         },
         "callbacks": [
             {
-                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "class_path": "medmtl.lightning.ModelCheckpoint",
                 "init_args": {"save_last": True, "save_top_k": 0, "enable_version_counter": False},
             },
             {"class_path": "medmtl.lightning.MetricsJSON"},

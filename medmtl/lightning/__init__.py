@@ -2,6 +2,7 @@
 
 from medmtl.lightning.callbacks import MetricsJSON, PredictionWriter, StepTimer
 from medmtl.lightning.csv_logger import CSVLogger
+from medmtl.lightning.model_checkpoint import ModelCheckpoint
 from medmtl.lightning.module import MultitaskModule
 
-__all__ = ["CSVLogger", "MetricsJSON", "MultitaskModule", "PredictionWriter", "StepTimer"]
+__all__ = ["CSVLogger", "MetricsJSON", "ModelCheckpoint", "MultitaskModule", "PredictionWriter", "StepTimer"]

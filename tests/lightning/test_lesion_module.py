@@ -208,3 +208,25 @@ def test_patient_positions_and_flips_train_and_old_checkpoints_keep_their_positi
     assert network.init_args.refine_position == "array"
     assert fill_unrecorded_args(network, {"class_path": "other.Net", "init_args": {}}) == []
     assert main(["test", "-c", str(config), *override, "--ckpt_path", str(old)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("class_path", "last_step"), [("lightning.pytorch.callbacks", 2), ("medmtl.lightning", 4)]
+)
+def test_last_checkpoint_is_the_latest_step_even_when_the_metric_stops_improving(
+    tmp_path, class_path, last_step
+):
+    """A monitored metric that never improves after the first validation (the lesion count is constant):
+    Lightning's ModelCheckpoint leaves last.ckpt at that first validation, medmtl's moves it on."""
+    config = tiny_lesion_config(tmp_path / "run")
+    spec = yaml.safe_load(config.read_text())
+    spec["trainer"].update({"max_steps": 4, "val_check_interval": 2})
+    spec["trainer"]["callbacks"][0] = {
+        "class_path": f"{class_path}.ModelCheckpoint",
+        "init_args": {"monitor": "val/num_lesions", "mode": "max", "save_last": True, "filename": "best"},
+    }
+    config.write_text(yaml.safe_dump(spec))
+    assert main(["fit", "-c", str(config)]) == 0
+    folder = tmp_path / "run" / "checkpoints"
+    assert torch.load(folder / "best.ckpt", weights_only=False)["global_step"] == 2
+    assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == last_step
