@@ -2,8 +2,8 @@
 
 The steps are ``medmtl.export``'s (``write_verified``): trace with B, H and W dynamic, write beside the
 destination with the metadata (task, tasks, tag names, the input contract ``num_slices``, ``interval_mm``,
-``window``, ``num_clinical``, ``refine_position``, the normalisation, the medmtl version), optionally quantise, verify, move into
-place. Verification runs onnxruntime against PyTorch on a seeded real input (the slice with the most lesion
+``window``, ``num_clinical``, ``refine_position``, the normalisation, the medmtl version), optionally quantise,
+verify, move into place. Verification runs onnxruntime against PyTorch on a seeded real input (the slice with the most lesion
 voxels of a simulated default-data volume, ``medmtl.data.lesion_sim``) and on a random one at another batch
 and odd size than the trace, and checks two things for each:
 
@@ -156,15 +156,8 @@ class LesionGraph(nn.Module):
         the network reads them (``self.names``) -> the non-None ``LesionOutput`` fields in its order, float32.
         (Named parameters, not ``*args``: torch.export takes each as one graph input.)"""
         dtype = torch.float16 if self.half else torch.float32
-        more = [x for x in (third, fourth) if x is not None]
-        named = dict(zip(self.names[2:], more, strict=True))
-        clinical, frame = named.get(Keys.CLINICAL.value), named.get(Keys.PATIENT_FRAME.value)
-        out = self.net(
-            context.to(dtype),
-            slice_position.to(dtype),
-            None if clinical is None else clinical.to(dtype),
-            None if frame is None else frame.to(dtype),
-        )
+        inputs = (x.to(dtype) for x in (context, slice_position, third, fourth) if x is not None)
+        out = call_lesion_network(self.net, tuple(inputs))
         return tuple(x.float() for x in out if x is not None)
 
 

@@ -14,8 +14,9 @@ Per volume (I, J, K), ``k`` the slice axis, with the network's input contract (`
    findings and the instance-label volume.
 
 The network is anything called as ``network(context (B, S, H, W), slice_position (B,), clinical (B, E) or
-None, patient_frame (B, 3, 3))`` that returns ``LesionNet``'s outputs and carries its contract attributes (``num_slices``,
-``interval_mm``, ``window``, ``tag_names``, ``num_clinical``, ``tasks``): a ``LesionNet`` or an exported one.
+None, patient_frame (B, 3, 3))`` that returns ``LesionNet``'s outputs and carries its contract attributes
+(``num_slices``, ``interval_mm``, ``window``, ``tag_names``, ``num_clinical``, ``tasks``): a ``LesionNet`` or an
+exported one.
 """
 
 from __future__ import annotations

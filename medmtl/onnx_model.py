@@ -27,8 +27,8 @@ import torch
 
 from medmtl.errors import ConfigError, InputError
 from medmtl.keys import Keys
+from medmtl.models.lesion_net import POSITIONS, LesionOutput, reads_patient_frame
 from medmtl.models.lesion_net import TASKS as LESION_TASKS
-from medmtl.models.lesion_net import LesionOutput
 from medmtl.transforms.context import check_context_layout
 
 FORMAT_VERSION = "1"
@@ -301,7 +301,7 @@ class OnnxLesionNetwork:
         self.num_tags = len(self.tag_names)
         contract = _lesion_contract(self.path, self.metadata)
         self.num_slices, self.interval_mm, self.window, self.num_clinical, self.refine_position = contract
-        self.reads_patient_frame = "refine" in self.tasks and self.refine_position == "patient"
+        self.reads_patient_frame = reads_patient_frame(self.tasks, self.refine_position)
         self.normalisation = self.metadata.get(META_NORMALISATION, "")
         inputs = [(i.name, len(i.shape)) for i in self.session.get_inputs()]
         names = lesion_input_names(self.num_clinical, self.reads_patient_frame)
@@ -388,8 +388,8 @@ def _lesion_contract(
         if isinstance(num_clinical, bool) or not (isinstance(num_clinical, int) and num_clinical >= 0):
             raise ValueError(f"num_clinical {num_clinical!r} is not a whole number >= 0")
         refine_position = contract.get("refine_position", "array")
-        if refine_position not in ("array", "patient"):
-            raise ValueError(f"refine_position {refine_position!r} is not 'array' or 'patient'")
+        if refine_position not in POSITIONS:
+            raise ValueError(f"refine_position {refine_position!r} is not one of {', '.join(POSITIONS)}")
     except (json.JSONDecodeError, TypeError, KeyError, ValueError, ConfigError) as err:
         raise InputError(path, f"metadata {META_CONTRACT} is not a lesion input contract ({err})") from err
     return int(num_slices), float(interval_mm), window, num_clinical, refine_position

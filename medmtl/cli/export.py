@@ -3,8 +3,8 @@
 A recon+seg network's graph takes masked k-space (B, C, H, W, 2), the mask and its calibration region
 (B, 1, H, W, 1), with B, C, H and W dynamic, and returns the reconstruction and/or the segmentation logits. A
 lesion network's graph takes the 2.5D slice stack (B, S, H, W), the key slice's position (B,) and, if it was
-trained with them, non-imaging inputs (B, E) and the slices' patient frames (B, 3, 3), with B, H and W dynamic, and returns its raw head maps;
-detections are decoded outside the graph (``medmtl.onnx_model`` has both contracts). Every export is run by
+trained with them, non-imaging inputs (B, E) and the slices' patient frames (B, 3, 3), with B, H and W
+dynamic, and returns its raw head maps; detections are decoded outside the graph (``medmtl.onnx_model`` has both contracts). Every export is run by
 onnxruntime against PyTorch on a seeded real input from the default data and a random one at another size;
 an error above tolerance (for lesions, also any change in the decoded detections) fails the export and writes
 nothing. The file is moved into place only after it verified. Its metadata holds the medmtl version, task,

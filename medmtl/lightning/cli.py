@@ -120,7 +120,10 @@ class MultitaskCLI(LightningCLI):
         path = self.config[command].get("ckpt_path") if command else None
         if not (path and Path(path).is_file()):
             return
-        recorded = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        # Memory-mapped: only the hyper-parameters are read; Lightning has just loaded the whole file once.
+        recorded = torch.load(path, weights_only=True, map_location="cpu", mmap=True).get(
+            "hyper_parameters", {}
+        )
         network = self.config[command].get("model.model")
         fill_unrecorded_args(network, recorded.get("model"))
 

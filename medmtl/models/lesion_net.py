@@ -60,6 +60,14 @@ from medmtl.transforms.context import DEFAULT_INTERVAL_MM, DEFAULT_NUM_SLICES, c
 
 TASKS = ("det", "tag", "mask", "refine")
 POSITIONS = ("array", "patient")
+
+
+def reads_patient_frame(tasks: Sequence[str], refine_position: str) -> bool:
+    """Whether a lesion network with these tasks and ``refine_position`` needs the slices' patient frames
+    (``LesionNet`` and its ONNX export, ``medmtl.onnx_model.OnnxLesionNetwork``, share this rule)."""
+    return "refine" in tasks and refine_position == "patient"
+
+
 # Patient positions enter the refinement in units of 10 cm: about -1 to 1 over a head, -3 to 3 over a body.
 PATIENT_SCALE_MM = 100.0
 # CenterNet's heatmap bias: every cell starts at probability 0.1, so the many background cells do not swamp
@@ -214,7 +222,7 @@ class LesionNet(nn.Module):
     @property
     def reads_patient_frame(self) -> bool:
         """Whether ``forward`` needs ``patient_frame`` (a score refinement on patient positions)."""
-        return "refine" in self._tasks and self.refine_position == "patient"
+        return reads_patient_frame(self._tasks, self.refine_position)
 
     def forward(
         self,
