@@ -14,6 +14,12 @@ Sources:
 Training draws random slices (``LesionSliceDataset``); validation and test evaluate the key slice of every
 lesion and the middle slice of every lesion-free volume (``KeySliceDataset``, DeepLesion's protocol).
 
+Fresh lesions (``rotate_volumes``, simulated source): the training pool keeps ``num_volumes["train"]``
+volumes in memory, and after every epoch ``rotate_volumes`` of them, oldest first, are replaced by volumes never
+drawn before (``RotatingVolumes``). With a fixed pool a small network memorises its few hundred lesions' tags
+and boxes (its training losses keep falling while the validation ones stall); rotation shows it thousands of
+lesion draws for the cost of simulating them (about 0.2 s each at 1 mm in-plane, in the loader worker).
+
 Volumes are cached in memory (``cache``): a training slice is drawn from a volume again and again, and making a
 simulated volume (about a second at 1 mm in-plane) or reading a series of PNGs costs far more than a step. The
 cache is per DataLoader worker and holds every volume of a split; each simulated volume at 1 mm in-plane with
@@ -59,6 +65,8 @@ class LesionData:
             must come from the frame rather than the array position.
         val_fraction: ``nifti``: the share of ``imagesTr`` cases held out for validation (the last ones).
         cache: keep every volume of a split in memory once read.
+        rotate_volumes: simulated source: training volumes replaced by fresh draws after each epoch
+            (``RotatingVolumes``); 0 keeps the same ``num_volumes["train"]`` volumes throughout.
     """
 
     source: Source = "simulated"
@@ -71,6 +79,7 @@ class LesionData:
     train_flip: bool = False
     val_fraction: float = 0.2
     cache: bool = True
+    rotate_volumes: int = 0
 
     def __post_init__(self) -> None:
         if self.source not in ("simulated", "nifti", "deeplesion"):
@@ -84,6 +93,15 @@ class LesionData:
             raise ConfigError("lesions.positive_fraction", f"must be in [0, 1], got {self.positive_fraction}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError("lesions.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        if int(self.rotate_volumes) != self.rotate_volumes or self.rotate_volumes < 0:
+            raise ConfigError(
+                "lesions.rotate_volumes", f"must be a whole number >= 0, got {self.rotate_volumes}"
+            )
+        if self.rotate_volumes and self.source != "simulated":
+            raise ConfigError(
+                "lesions.rotate_volumes",
+                f"draws new simulated volumes; the {self.source} source has a fixed set",
+            )
 
 
 class CachedVolumes(Sequence):
@@ -103,6 +121,48 @@ class CachedVolumes(Sequence):
         return self._cache[index]
 
 
+class RotatingVolumes(Sequence):
+    """A training pool of ``pool`` volume slots over a long lazy sequence of volumes (``SimulatedLesionVolumes``),
+    ``rotate`` slots of which take a volume never used before at the start of every epoch.
+
+    Replacement j (0, 1, 2, ...) puts volume ``pool + j`` into slot ``j % pool``, and epoch e has had e * rotate
+    replacements, so the volume in a slot at an epoch (``volume_id``) is a pure function of (slot, epoch): a run
+    resumed at an epoch sees the volumes an uninterrupted one would. Each slot caches its current volume (one
+    pool in memory per DataLoader worker). Indexing with a plain slot gives epoch 0's volume.
+    """
+
+    def __init__(self, volumes: Sequence[LesionVolume], pool: int, rotate: int):
+        if pool < 1 or rotate < 0:
+            raise ConfigError("RotatingVolumes", f"pool >= 1 and rotate >= 0, got {pool} and {rotate}")
+        self.volumes, self.pool, self.rotate = volumes, int(pool), int(rotate)
+        self._slots: dict[int, tuple[int, LesionVolume]] = {}
+
+    def __len__(self) -> int:
+        return self.pool
+
+    def volume_id(self, slot: int, epoch: int) -> int:
+        """The index into ``volumes`` of the volume in ``slot`` during ``epoch``."""
+        if not 0 <= slot < self.pool:
+            raise IndexError(f"slot {slot} out of range for a pool of {self.pool}")
+        done = max(int(epoch), 0) * self.rotate  # replacements before this epoch
+        if done <= slot:
+            return slot
+        return self.pool + slot + self.pool * ((done - 1 - slot) // self.pool)
+
+    def for_epoch(self, epoch: int, slot: int) -> LesionVolume:
+        """The volume in ``slot`` during ``epoch``."""
+        index = self.volume_id(slot, epoch)
+        cached = self._slots.get(slot)
+        if cached is None or cached[0] != index:
+            if index >= len(self.volumes):
+                raise IndexError(f"volume {index} is past the {len(self.volumes)} volumes to rotate through")
+            cached = self._slots[slot] = (index, self.volumes[index])
+        return cached[1]
+
+    def __getitem__(self, slot: int) -> LesionVolume:
+        return self.for_epoch(0, slot)
+
+
 class _Subset(Sequence):
     def __init__(self, volumes: Sequence[LesionVolume], indices: Sequence[int]):
         self.volumes, self.indices = volumes, list(indices)
@@ -118,10 +178,12 @@ class _Subset(Sequence):
 def lesion_volumes(options: LesionData, split: str, seed: int) -> Sequence[LesionVolume]:
     """The volumes of ``split`` ("train", "val" or "test") from ``options``' source."""
     if options.source == "simulated":
-        default = LesionData().num_volumes[split]
-        volumes = SimulatedLesionVolumes(
-            options.num_volumes.get(split, default), split, seed=seed, options=options.simulation
-        )
+        count = options.num_volumes.get(split, LesionData().num_volumes[split])
+        if split == "train" and options.rotate_volumes:
+            # Lazy: volume i is made only when a slot first needs it; 2**31 lasts any run.
+            endless = SimulatedLesionVolumes(2**31 - 1, split, seed=seed, options=options.simulation)
+            return RotatingVolumes(endless, count, options.rotate_volumes)
+        volumes = SimulatedLesionVolumes(count, split, seed=seed, options=options.simulation)
     elif options.source == "deeplesion":
         from medmtl.data.deeplesion import DeepLesionIndex
 

@@ -91,7 +91,8 @@ class LesionSliceDataset(Dataset):
     """Key-slice samples from lesion volumes (see the module docstring).
 
     Args:
-        volumes: the volumes, a list or a lazy sequence such as ``SimulatedLesionVolumes``.
+        volumes: the volumes, a list or a lazy sequence such as ``SimulatedLesionVolumes``; a ``RotatingVolumes``
+            pool gives each epoch its own volumes.
         split: ``"train"`` draws new slices every epoch; any other split draws the same slice for an index.
         samples_per_epoch: the dataset length; None means one sample per volume.
         positive_fraction: the probability of drawing a slice with lesions.
@@ -147,7 +148,9 @@ class LesionSliceDataset(Dataset):
             seed = item_seed(self.seed, _TRAIN_STREAM, epoch, index)
         else:
             seed = item_seed(self.seed, _EVAL_STREAM, index)
-        volume = self.volumes[index % len(self.volumes)]
+        slot = index % len(self.volumes)
+        rotating = getattr(self.volumes, "for_epoch", None)  # RotatingVolumes: the pool changes by epoch
+        volume = rotating(epoch, slot) if rotating is not None else self.volumes[slot]
         if volume.image.ndim != 3 or volume.instances.shape != volume.image.shape:
             raise InputError(
                 volume.name, f"image {volume.image.shape} and instances {volume.instances.shape}"

@@ -13,7 +13,7 @@ from medmtl.data.lesion_crop import (
     flip_lesion_sample,
     transpose_lesion_sample,
 )
-from medmtl.data.lesion_data import LesionData, lesion_dataset
+from medmtl.data.lesion_data import LesionData, RotatingVolumes, lesion_dataset
 from medmtl.data.lesion_dataset import KeySliceDataset, LesionSliceDataset, patient_frame, slice_sample
 from medmtl.data.lesion_record import Lesion, LesionVolume
 from medmtl.errors import ConfigError
@@ -188,6 +188,8 @@ def test_flipped_windows_take_each_reflection_half_of_the_time():
         ({"num_volumes": {"extra": 3}}, "lesions.num_volumes"),
         ({"positive_fraction": 1.5}, "lesions.positive_fraction"),
         ({"val_fraction": 1.0}, "lesions.val_fraction"),
+        ({"rotate_volumes": -1}, "lesions.rotate_volumes"),
+        ({"rotate_volumes": 4, "source": "nifti", "root": "cases"}, "lesions.rotate_volumes"),
     ],
 )
 def test_bad_options_name_the_key(options, key):
@@ -207,3 +209,60 @@ def test_simulated_splits_follow_the_contract():
     assert len(train) == 5 and train[(0, 1)][Keys.CONTEXT].shape == (5, 12, 12)
     val = lesion_dataset(options, "val", 0, 5, num_slices=5, interval_mm=3.0, window=(0.0, 1.0))
     assert isinstance(val, KeySliceDataset) and float(val[0][Keys.CONTEXT].max()) <= 1.0
+
+
+class Counted(list):
+    """Volumes that count how often each is read (a lazy simulator makes one per read)."""
+
+    def __init__(self, items):
+        super().__init__(items)
+        self.reads: list[int] = []
+
+    def __getitem__(self, index):
+        self.reads.append(index)
+        return super().__getitem__(index)
+
+
+def test_rotating_pool_replaces_the_oldest_slots_each_epoch():
+    # Pool 4, 2 fresh volumes per epoch: replacement j puts volume 4 + j into slot j % 4.
+    pool = RotatingVolumes(list(range(100)), pool=4, rotate=2)
+    table = [[pool.volume_id(slot, epoch) for slot in range(4)] for epoch in range(5)]
+    assert table == [[0, 1, 2, 3], [4, 5, 2, 3], [4, 5, 6, 7], [8, 9, 6, 7], [8, 9, 10, 11]]
+    assert [RotatingVolumes(list(range(9)), 3, 0).volume_id(s, 7) for s in range(3)] == [0, 1, 2]
+    with pytest.raises(IndexError):
+        pool.volume_id(4, 0)
+
+
+def test_rotating_pool_reads_each_volume_once_and_keeps_one_per_slot():
+    volumes = Counted(volume([(2, 3, 1, 6, 8, 4)], name=f"v{i}") for i in range(8))
+    pool = RotatingVolumes(volumes, pool=2, rotate=1)
+    names = [pool.for_epoch(epoch, slot).name for epoch in (0, 0, 1, 1, 2) for slot in (0, 1)]
+    assert names == ["v0", "v1", "v0", "v1", "v2", "v1", "v2", "v1", "v2", "v3"]
+    assert volumes.reads == [0, 1, 2, 3]  # cached per slot, each read once
+    assert pool[1].name == "v1" and volumes.reads[-1] == 1  # plain indexing is epoch 0 (slot 1 re-read)
+    with pytest.raises(IndexError, match="past the 8 volumes"):
+        pool.for_epoch(20, 0)
+
+
+def test_rotated_training_sees_new_simulated_volumes_reproducibly():
+    from medmtl.data.lesion_sim import LesionSimOptions
+
+    options = LesionData(
+        num_volumes={"train": 2, "val": 1, "test": 1},
+        simulation=LesionSimOptions(voxel_mm=6.0),
+        rotate_volumes=2,
+    )
+    first = lesion_dataset(options, "train", 0, 4, num_slices=3, interval_mm=6.0, window=None)
+    again = lesion_dataset(options, "train", 0, 4, num_slices=3, interval_mm=6.0, window=None)
+    assert isinstance(first.volumes, RotatingVolumes) and len(first.volumes) == 2
+    for key in ((0, 1), (3, 1), (3, 0)):  # epochs in any order, as a resumed run asks for them
+        torch.testing.assert_close(first[key][Keys.CONTEXT], again[key][Keys.CONTEXT])
+    first[(3, 0)]
+    # epoch 3 follows 6 replacements; slot 0 took the 1st, 3rd and 5th (j = 0, 2, 4): volume 2 + 4
+    assert first.volumes._slots[0][1].name == "mni_lesion_train_000006"
+    torch.testing.assert_close(  # the same volume and seeded slice draw for an epoch without rotation
+        lesion_dataset(
+            LesionData(num_volumes={"train": 2}, simulation=options.simulation), "train", 0, 4, 3, 6.0, None
+        )[(0, 1)][Keys.CONTEXT],
+        first[(0, 1)][Keys.CONTEXT],
+    )
