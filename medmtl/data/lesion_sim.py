@@ -10,7 +10,8 @@ A volume is a pure function of (seed, split, index, options):
    white matter (the template's labels) in the left (x < 0 mm) or right (x > 0 mm) hemisphere, each choice
    with even odds. Its shape is an ellipsoid, the longest diameter log-uniform in ``diameter_mm`` and the
    others 0.5 to 1 times it (never below the lower bound), turned to a random orientation; a lobulated one
-   has its radius modulated by 6 to 12 smooth bumps on the sphere, scaled so it stays inside that ellipsoid.
+   has its radius modulated by 6 to 12 smooth bumps on the sphere, scaled so it stays inside that ellipsoid,
+   which is grown where needed so that the dents leave no diameter through the centre below the smallest.
    Its body is hyperintense (1.3 to 1.8 times) or hypointense (0.3 to 0.7 times) relative to the median of
    its tissue in its neighbourhood, and it is homogeneous, rim-enhancing (a bright outer shell) or has a
    necrotic core (a dark centre). The edge is soft over about a voxel (partial volume); the instance mask is
@@ -33,7 +34,7 @@ voxel indices of the lesion centres); it holds no non-imaging inputs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -241,7 +242,13 @@ def _draw_shape(rng: np.random.Generator, centre, options: LesionSimOptions, spa
     else:
         directions, heights = np.zeros((0, 3)), np.zeros(0)
     edge = rng.uniform(0.5, 1.0) * float(np.mean(spacing))
-    return LesionShape(tuple(int(c) for c in centre), diameters / 2, axes, directions, heights, edge)
+    shape = LesionShape(tuple(int(c) for c in centre), diameters / 2, axes, directions, heights, edge)
+    if len(heights):
+        # The bumps keep a lobulated lesion inside its ellipsoid, so its dents can cut it below the smallest
+        # diameter; grow the ellipsoid until no diameter through the centre is below it.
+        dent = float(shape.radius(_SPHERE).min())
+        shape = replace(shape, semi_axes_mm=np.maximum(diameters, lo / dent) / 2)
+    return shape
 
 
 def _draw_appearance(rng: np.random.Generator, base: float) -> tuple[LesionAppearance, str, str]:

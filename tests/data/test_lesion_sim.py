@@ -174,6 +174,23 @@ def test_lobulated_lesions_stay_inside_their_ellipsoid():
     assert not (masks[0] & ~masks[1]).any() and masks[0].sum() < masks[1].sum()
 
 
+def test_no_diameter_through_a_lesion_centre_is_below_the_smallest():
+    # A lobulated lesion's dents would cut a 3 mm draw to 1-2 mm; the drawn ellipsoid grows instead.
+    rng = np.random.default_rng(11)
+    options = ls.LesionSimOptions(diameter_mm=(3.0, 4.0))
+    directions = rng.standard_normal((400, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    lobulated = 0
+    for _ in range(200):
+        shape = ls._draw_shape(rng, (0, 0, 0), options, np.ones(3))
+        lobulated += len(shape.lobe_heights) > 0
+        # the border's distance from the centre along each direction: the ellipsoid's times the bump radius
+        ellipsoid = 1 / np.linalg.norm(directions / shape.semi_axes_mm, axis=1)
+        radius_mm = ellipsoid * shape.radius(directions)
+        assert radius_mm.min() >= 1.5 * 0.99  # the dent is found on 512 directions: within 1 %
+    assert 60 < lobulated < 140
+
+
 def test_splits_hold_out_orientations_and_draws():
     held_out = set(ls.SPLIT_ORIENTATIONS["val"]) | set(ls.SPLIT_ORIENTATIONS["test"])
     assert not set(ls.SPLIT_ORIENTATIONS["train"]) & held_out
