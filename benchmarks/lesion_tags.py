@@ -1,0 +1,89 @@
+"""Where a lesion model's tag AUC falls short: the AUC of every tag over all held-out lesions, by lesion size
+and by one tag group (by default the lesion's intensity, hyper- or hypointense).
+
+The pairs are those ``medmtl test`` scores tags on: the detections of ``decode_detections`` (its defaults, the
+refined tags) on the key slices of ``--split``, matched greedily to the lesions at IoU >= 0.5
+(``medmtl.metrics.lesion.greedy_match`` at ``MATCH_IOU``), so the "all" row's mean is the test's
+``tag_auc_mean``. Size is the geometric mean of the box sides in pixels (``benchmarks/lesion_sizes.py``).
+
+    .venv/bin/python benchmarks/lesion_tags.py --checkpoint models/lesion_mni/model.ckpt --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from lesion_sizes import REPO, lesion_options
+
+from medmtl.data.lesion_data import lesion_dataset
+from medmtl.data.lesion_dataset import collate_lesion_samples
+from medmtl.inference import load_network
+from medmtl.keys import Keys
+from medmtl.metrics.lesion import MATCH_IOU, box_iou, greedy_match
+from medmtl.metrics.tag_metrics import tag_auc
+from medmtl.models.lesion_decode import decode_detections
+
+
+def matched_pairs(net, dataset, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tag probabilities (K, T), tag labels (K, T), lesion sizes (K,)) of the matched pairs."""
+    probs, labels, sizes = [], [], []
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            batch = collate_lesion_samples(
+                [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            )
+            detections = decode_detections(net.forward_batch(batch), batch[Keys.CONTEXT].shape[-2:])
+            for truth, found, tags in zip(batch[Keys.BOXES], detections, batch[Keys.TAGS], strict=True):
+                truth = np.asarray(truth, np.float64).reshape(-1, 4)
+                order = np.argsort(-found.scores, kind="mergesort")
+                match = greedy_match(box_iou(found.boxes[order].astype(np.float64), truth), MATCH_IOU)
+                det, gt = order[match >= 0], match[match >= 0]
+                probs.append(found.tags[det])
+                labels.append(np.asarray(tags, np.float64).reshape(len(truth), len(net.tag_names))[gt])
+                sides = truth[gt, 2:] - truth[gt, :2]
+                sizes.append(np.sqrt(sides.prod(axis=1)))
+    return np.concatenate(probs), np.concatenate(labels), np.concatenate(sizes)
+
+
+def table(names, probs, labels, rows: dict[str, np.ndarray]) -> str:
+    """One row per subset of the pairs: its count, mean AUC and every tag's AUC ("-" where undefined)."""
+    lines = ["| pairs | n | mean | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 3)]
+    for name, keep in rows.items():
+        auc = tag_auc(probs[keep], labels[keep]) if keep.any() else np.full(len(names), np.nan)
+        cells = ["-" if np.isnan(a) else f"{a:.2f}" for a in auc]
+        mean = f"{np.nanmean(auc):.3f}" if np.isfinite(auc).any() else "-"
+        lines.append(f"| {name} | {int(keep.sum())} | {mean} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "lesion_mni.yaml")
+    parser.add_argument("--split", choices=("val", "test"), default="test")
+    parser.add_argument(
+        "--group", nargs="+", default=["hyperintense", "hypointense"], help="tags to split by"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    net = load_network(args.checkpoint)[0].eval()
+    names = list(net.tag_names)
+    unknown = [g for g in args.group if g not in names]
+    if unknown:
+        parser.error(f"--group: {', '.join(unknown)} not among the model's tags ({', '.join(names)})")
+    dataset = lesion_dataset(
+        lesion_options(args.config), args.split, 0, None, net.num_slices, net.interval_mm, net.window
+    )
+    probs, labels, sizes = matched_pairs(net, dataset)
+    rows = {"all": np.ones(len(sizes), bool), "< 6 px": sizes < 6, ">= 6 px": sizes >= 6}
+    rows |= {g: labels[:, names.index(g)] > 0 for g in args.group}
+    print(f"{args.checkpoint}, {args.split} key slices, pairs matched at IoU >= {MATCH_IOU}:")
+    print(table(names, probs, labels, rows))
+
+
+if __name__ == "__main__":
+    main()
