@@ -77,15 +77,43 @@ def dft2c_matmul(x: torch.Tensor, inverse: bool) -> torch.Tensor:
     """``fft2c`` (or ``ifft2c`` with ``inverse``) as dense matrix products: F_H X F_W, F symmetric.
 
     x (..., H, W, 2) -> (..., H, W, 2). O(H W (H + W)) work instead of O(H W log(H W)): use it where the
-    graph must not contain FFTs (export), not for training.
+    graph must not contain FFTs (export), not for training. Six real matrix products.
     """
     _check(x)
     h, w = x.shape[-3], x.shape[-2]
     re, im = x[..., 0], x[..., 1]
+    # Each complex product in three real ones (Gauss) rather than four.
     # Along W: X F_W (F_W symmetric, so no transpose).
     fr, fi = centred_dft_matrix(w, inverse, x.dtype, x.device)
-    re, im = re @ fr - im @ fi, re @ fi + im @ fr
+    k1, k2, k3 = (re + im) @ fr, re @ (fi - fr), im @ (fr + fi)
+    re, im = k1 - k3, k1 + k2
     # Along H: F_H X.
     fr, fi = centred_dft_matrix(h, inverse, x.dtype, x.device)
-    re, im = fr @ re - fi @ im, fr @ im + fi @ re
-    return torch.stack((re, im), dim=-1)
+    k1, k2, k3 = fr @ (re + im), (fi - fr) @ re, (fr + fi) @ im
+    return torch.stack((k1 - k3, k1 + k2), dim=-1)
+
+
+def line_projection_matrix(weights: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts (..., W, W) of Q = F_W diag(m) F_W^H: for a mask m (..., W) that varies along W
+    only (Cartesian lines), ``ifft2c(m * fft2c(x)) == x @ Q`` along W, rows untouched.
+
+    The FFT along H commutes with a mask that is constant along H and cancels against its inverse, so the
+    whole masked round trip is one W x W product. Built in float32 at least, returned in ``dtype``.
+    """
+    work = torch.promote_types(dtype, torch.float32)
+    m = weights.to(work)
+    fr, fi = centred_dft_matrix(m.shape[-1], False, work, m.device)
+    # x @ Q: forward along W (x @ F, F symmetric), mask, inverse along W (@ conj(F)).
+    ar, ai = fr * m[..., None, :], fi * m[..., None, :]
+    qr, qi = ar @ fr + ai @ fi, ai @ fr - ar @ fi
+    return qr.to(dtype), qi.to(dtype)
+
+
+def complex_matmul_right(x: torch.Tensor, qr: torch.Tensor, qi: torch.Tensor) -> torch.Tensor:
+    """x (..., H, W, 2) times the complex matrix (qr, qi) (..., W, W) along W: (..., H, W, 2). Three real
+    products instead of four (Gauss)."""
+    xr, xi = x[..., 0], x[..., 1]
+    k1 = (xr + xi) @ qr
+    k2 = xr @ (qi - qr)
+    k3 = xi @ (qr + qi)
+    return torch.stack((k1 - k3, k1 + k2), dim=-1)

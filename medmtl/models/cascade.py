@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from medmtl.models.data_consistency import GradientDC, SoftDC
+from medmtl.models.data_consistency import ExportTerms, GradientDC, SoftDC
 
 DCKind = Literal["soft", "gradient"]
 
@@ -43,13 +43,15 @@ class Cascade(nn.Module):
         mask: torch.Tensor,
         sens: torch.Tensor,
         prior: torch.Tensor | None = None,
+        terms: ExportTerms | None = None,
     ) -> torch.Tensor:
         """image (B, H, W, 2), measured (B, C, H, W, 2), mask (B, 1, Hm, W, 1), sens (B, C, H, W, 2),
-        prior (B, P, H, W) real or None -> next image (B, H, W, 2)."""
+        prior (B, P, H, W) real or None -> next image (B, H, W, 2). ``terms``: what an exported graph computes
+        once for every cascade's data consistency (``medmtl.models.data_consistency.ExportTerms``)."""
         inputs = image.unsqueeze(1)
         if prior is not None:
             inputs = torch.cat((inputs, real_as_complex(prior)), dim=1)
         update = self.regulariser(inputs).squeeze(1)
         if self.kind == "soft":
-            return self.dc(image + update, measured, mask, sens)
-        return image - self.dc(image, measured, mask, sens) + update
+            return self.dc(image + update, measured, mask, sens, terms)
+        return image - self.dc(image, measured, mask, sens, terms) + update

@@ -35,7 +35,7 @@ from medmtl.keys import Keys
 from medmtl.losses import dice_ce_loss, ssim_loss
 from medmtl.models.cascade import Cascade, DCKind
 from medmtl.models.complex_unet import complex_unet
-from medmtl.models.data_consistency import adjoint_op
+from medmtl.models.data_consistency import adjoint_op, export_terms
 from medmtl.models.seg_unet import seg_unet
 from medmtl.models.sens_net import SensitivityNet
 from medmtl.transforms.spatial import center_crop_or_pad
@@ -218,13 +218,16 @@ class ReconSegNet(nn.Module):
         measured = measured / s
         sens = self.sens_net(measured, acs_mask)
         image = adjoint_op(measured, sens, mask)
+        terms = None
+        if torch.compiler.is_exporting():  # dense DFT products: share what the cascades' steps have in common
+            terms = export_terms(measured, mask, self.cascades[0].kind == "soft", coil_images / s)
         joint = self.mode == "joint"
         b, _, h, w, _ = measured.shape
         prior = measured.new_zeros(b, self.num_classes, h, w) if joint else None
         recons, logits_all = [], []
         last = len(self.cascades) - 1
         for i, cascade in enumerate(self.cascades):
-            image = cascade(image, measured, mask, sens, prior)
+            image = cascade(image, measured, mask, sens, prior, terms)
             magnitude = complex_abs(image, _ABS_EPS)
             recons.append(magnitude * scale[:, None, None])
             if (joint and ((i + 1) % self.seg_every == 0 or i == last)) or (

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import fft2c_np, ifft2c_np
 
-from medmtl.models.data_consistency import GradientDC, SoftDC, adjoint_op, forward_op
+from medmtl.fft import ifft2c
+from medmtl.models.data_consistency import GradientDC, SoftDC, adjoint_op, export_terms, forward_op
 
 
 def _complex(t: torch.Tensor) -> np.ndarray:
@@ -94,3 +95,26 @@ def test_adjoint_op_is_the_adjoint_of_forward_op():
     lhs = np.vdot(_complex(kspace), _complex(forward_op(image, sens, mask)))
     rhs = np.vdot(_complex(adjoint_op(kspace, sens, mask)), _complex(image))
     np.testing.assert_allclose(lhs, rhs, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dc_class", [SoftDC, GradientDC])
+@pytest.mark.parametrize("rows", ["1d", "1d expanded", "2d"])
+def test_the_exported_formulation_takes_the_same_step(dc_class, rows):
+    # Exported graphs share F^H M y between cascades and, for masks equal in every row, take F^H M F as one
+    # W x W product (the `lines` branch); other masks take the 2D transforms. Both give the eager step.
+    gen = torch.Generator().manual_seed(3)
+    b, c, h, w = 2, 3, 9, 10
+    mask = _mask("2d" if rows == "2d" else "1d", h, w, gen)
+    if rows == "1d expanded":  # what an ONNX caller passes: the 1D mask repeated in every row
+        mask = mask.expand(1, 1, h, w, 1).contiguous()
+    measured = torch.randn(b, c, h, w, 2, generator=gen) * mask
+    sens = _normalised_maps(b, c, h, w, gen)
+    image = torch.randn(b, h, w, 2, generator=gen)
+    dc = dc_class()
+    with torch.no_grad():
+        next(dc.parameters()).fill_(0.7)
+        terms = export_terms(measured, mask, dc_class is SoftDC, ifft2c(measured))
+        assert bool(terms.lines) == (rows != "2d")
+        torch.testing.assert_close(
+            dc(image, measured, mask, sens, terms), dc(image, measured, mask, sens), atol=1e-5, rtol=1e-5
+        )
