@@ -72,18 +72,28 @@ def table(sizes: np.ndarray, ious: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def held_out_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments of the held-out lesion analyses: ``--checkpoint``, ``--config``, ``--split``, ``--threads``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "lesion_mni.yaml")
     parser.add_argument("--split", choices=("val", "test"), default="test")
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    return parser
+
+
+def held_out(args: argparse.Namespace):
+    """(network, the key-slice dataset of ``args.split``) from ``held_out_parser``'s arguments."""
     torch.set_num_threads(args.threads)
     net = load_network(args.checkpoint)[0].eval()
     dataset = lesion_dataset(
         lesion_options(args.config), args.split, 0, None, net.num_slices, net.interval_mm, net.window
     )
+    return net, dataset
+
+
+def main() -> None:
+    net, dataset = held_out(args := held_out_parser(__doc__.split("\n\n")[0]).parse_args())
     print(f"{args.checkpoint}, {args.split} key slices ({len(dataset)} images):")
     print(table(*best_ious(net, dataset)))
 

@@ -11,16 +11,11 @@ refined tags) on the key slices of ``--split``, matched greedily to the lesions 
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 import torch
-from lesion_sizes import REPO, lesion_options
+from lesion_sizes import held_out, held_out_parser
 
-from medmtl.data.lesion_data import lesion_dataset
 from medmtl.data.lesion_dataset import collate_lesion_samples
-from medmtl.inference import load_network
 from medmtl.keys import Keys
 from medmtl.metrics.lesion import MATCH_IOU, box_iou, greedy_match
 from medmtl.metrics.tag_metrics import tag_auc
@@ -60,24 +55,16 @@ def table(names, probs, labels, rows: dict[str, np.ndarray]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "lesion_mni.yaml")
-    parser.add_argument("--split", choices=("val", "test"), default="test")
+    parser = held_out_parser(__doc__.split("\n\n")[0])
     parser.add_argument(
         "--group", nargs="+", default=["hyperintense", "hypointense"], help="tags to split by"
     )
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    net = load_network(args.checkpoint)[0].eval()
+    net, dataset = held_out(args)
     names = list(net.tag_names)
     unknown = [g for g in args.group if g not in names]
     if unknown:
         parser.error(f"--group: {', '.join(unknown)} not among the model's tags ({', '.join(names)})")
-    dataset = lesion_dataset(
-        lesion_options(args.config), args.split, 0, None, net.num_slices, net.interval_mm, net.window
-    )
     probs, labels, sizes = matched_pairs(net, dataset)
     rows = {"all": np.ones(len(sizes), bool), "< 6 px": sizes < 6, ">= 6 px": sizes >= 6}
     rows |= {g: labels[:, names.index(g)] > 0 for g in args.group}
