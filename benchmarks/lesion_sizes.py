@@ -38,21 +38,32 @@ def lesion_options(config: Path) -> LesionData:
     return LesionData(**section)
 
 
-def best_ious(net, dataset, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """(size in pixels, best IoU) of every lesion of ``dataset``'s images."""
-    sizes, ious = [], []
+def key_slice_detections(net, dataset, batch_size: int = 8):
+    """Per evaluation image of ``dataset``: (its lesions' boxes (N, 4) float64, its item of the batch's
+    ``Keys.TAGS``, its ``decode_detections`` result with the decoder's defaults)."""
     with torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
             batch = collate_lesion_samples(
                 [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             )
             detections = decode_detections(net.forward_batch(batch), batch[Keys.CONTEXT].shape[-2:])
-            for truth, found in zip(batch[Keys.BOXES], detections, strict=True):
-                truth = np.asarray(truth, np.float64).reshape(-1, 4)
-                sides = truth[:, 2:] - truth[:, :2]
-                sizes.extend(np.sqrt(sides.prod(axis=1)))
-                overlap = box_iou(truth, found.boxes) if len(found.boxes) else np.zeros((len(truth), 1))
-                ious.extend(overlap.max(axis=1))
+            for truth, tags, found in zip(batch[Keys.BOXES], batch[Keys.TAGS], detections, strict=True):
+                yield np.asarray(truth, np.float64).reshape(-1, 4), tags, found
+
+
+def box_sizes(boxes: np.ndarray) -> np.ndarray:
+    """(N,) geometric mean of the sides (in pixels) of boxes (N, 4)."""
+    sides = boxes[:, 2:] - boxes[:, :2]
+    return np.sqrt(sides.prod(axis=1))
+
+
+def best_ious(net, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(size in pixels, best IoU) of every lesion of ``dataset``'s images."""
+    sizes, ious = [], []
+    for truth, _, found in key_slice_detections(net, dataset):
+        sizes.extend(box_sizes(truth))
+        overlap = box_iou(truth, found.boxes) if len(found.boxes) else np.zeros((len(truth), 1))
+        ious.extend(overlap.max(axis=1))
     return np.asarray(sizes), np.asarray(ious)
 
 

@@ -12,34 +12,22 @@ refined tags) on the key slices of ``--split``, matched greedily to the lesions 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from lesion_sizes import held_out, held_out_parser
+from lesion_sizes import box_sizes, held_out, held_out_parser, key_slice_detections
 
-from medmtl.data.lesion_dataset import collate_lesion_samples
-from medmtl.keys import Keys
 from medmtl.metrics.lesion import MATCH_IOU, box_iou, greedy_match
 from medmtl.metrics.tag_metrics import tag_auc
-from medmtl.models.lesion_decode import decode_detections
 
 
-def matched_pairs(net, dataset, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def matched_pairs(net, dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tag probabilities (K, T), tag labels (K, T), lesion sizes (K,)) of the matched pairs."""
     probs, labels, sizes = [], [], []
-    with torch.inference_mode():
-        for start in range(0, len(dataset), batch_size):
-            batch = collate_lesion_samples(
-                [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            )
-            detections = decode_detections(net.forward_batch(batch), batch[Keys.CONTEXT].shape[-2:])
-            for truth, found, tags in zip(batch[Keys.BOXES], detections, batch[Keys.TAGS], strict=True):
-                truth = np.asarray(truth, np.float64).reshape(-1, 4)
-                order = np.argsort(-found.scores, kind="mergesort")
-                match = greedy_match(box_iou(found.boxes[order].astype(np.float64), truth), MATCH_IOU)
-                det, gt = order[match >= 0], match[match >= 0]
-                probs.append(found.tags[det])
-                labels.append(np.asarray(tags, np.float64).reshape(len(truth), len(net.tag_names))[gt])
-                sides = truth[gt, 2:] - truth[gt, :2]
-                sizes.append(np.sqrt(sides.prod(axis=1)))
+    for truth, tags, found in key_slice_detections(net, dataset):
+        order = np.argsort(-found.scores, kind="mergesort")
+        match = greedy_match(box_iou(found.boxes[order].astype(np.float64), truth), MATCH_IOU)
+        det, gt = order[match >= 0], match[match >= 0]
+        probs.append(found.tags[det])
+        labels.append(np.asarray(tags, np.float64).reshape(len(truth), len(net.tag_names))[gt])
+        sizes.append(box_sizes(truth[gt]))
     return np.concatenate(probs), np.concatenate(labels), np.concatenate(sizes)
 
 

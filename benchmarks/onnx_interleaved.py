@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -50,18 +51,14 @@ def main() -> None:
 
     paths = {"torch eager (no_grad)": eager}
     for path in args.onnx:
-        paths[f"onnxruntime {path}"] = session(path, args.threads)
-
-    def call(run) -> None:
-        run() if callable(run) else run.run(None, feeds)
-
+        paths[f"onnxruntime {path}"] = partial(session(path, args.threads).run, None, feeds)
     for run in paths.values():
-        call(run)
+        run()
     times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(args.rounds):
         for name, run in paths.items():
             start = time.perf_counter()
-            call(run)
+            run()
             times[name].append(time.perf_counter() - start)
     eager_ms = 1000 * float(np.median(times["torch eager (no_grad)"]))
     print(
