@@ -3,6 +3,9 @@ pattern: PyTorch default body, Triton on CUDA when asked, fake implementations, 
 
 Dtypes: float64 logits stay float64; everything else accumulates in and returns float32 sums. The
 logits' gradient comes back in the logits' dtype.
+
+``sums`` is what the losses call: in eager mode the Triton path skips the custom op's dispatch through a
+plain ``torch.autograd.Function`` (as in ``_ssim_op``); under ``torch.compile`` it takes the custom op.
 """
 
 from __future__ import annotations
@@ -121,3 +124,31 @@ def _backward(ctx, grad_sums, grad_ce):
 
 
 dice_sums.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _TritonSums(torch.autograd.Function):
+    """Eager route to the Triton kernels: ``dice_sums`` and its backward without the custom op."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, class_weight, activation, squared, with_ce):
+        from medmtl.losses import _triton_dice
+
+        ctx.save_for_backward(logits, target, weight, class_weight)
+        ctx.params = (activation, squared, with_ce)
+        return _triton_dice.dice_sums(logits, target, weight, class_weight, activation, squared, with_ce)
+
+    @staticmethod
+    def backward(ctx, grad_sums, grad_ce):
+        from medmtl.losses import _triton_dice
+
+        logits, target, weight, class_weight = ctx.saved_tensors
+        dz = _triton_dice.dice_sums_backward(grad_sums, grad_ce, logits, target, weight, class_weight, *ctx.params)
+        return dz, None, None, None, None, None, None
+
+
+def sums(logits, target, weight, class_weight, activation, squared, with_ce, use_triton: bool):
+    """``dice_sums`` through the cheapest route: the eager Triton function when Triton takes the call
+    and nothing is being compiled, else the custom op."""
+    if use_triton and logits.is_cuda and logits.dtype != torch.float64 and not torch.compiler.is_compiling():
+        return _TritonSums.apply(logits, target, weight, class_weight, activation, squared, with_ce)
+    return torch.ops.medmtl.dice_sums(logits, target, weight, class_weight, activation, squared, with_ce, use_triton)

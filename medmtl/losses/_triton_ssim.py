@@ -133,13 +133,15 @@ def _terms(ux, uy, uxx, uyy, uxy, c1, c2):
 
 @triton.jit
 def _ssim_stream_kernel(
-    x_ptr, y_ptr, m_ptr, g_ptr, win, out_ptr,
+    x_ptr, y_ptr, m_ptr, g_ptr, win, part_ptr, maps_ptr,
     S, R, W, So, Ro, Wo, C1, C2, n_wb, n_sb,
     OFF: tl.constexpr, PAD: tl.constexpr, IS3D: tl.constexpr, HAS_MASK: tl.constexpr,
-    MAPS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_W: tl.constexpr,
+    SUMS: tl.constexpr, MAPS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_W: tl.constexpr,
 ):  # fmt: skip
-    """Forward partial sums (MAPS=False; out (N, programs, 2)) or the backward's derivative maps
-    (MAPS=True; out (N, 4, So, Ro, Wo)). C1, C2: the SSIM constants. Grid: (N * n_wb * n_sb * Ro,)."""
+    """SUMS: the forward's partial sums (part (N, programs, 2)). MAPS: the derivative maps (maps
+    (N, 4, So, Ro, Wo)) for the upstream gradient g (N, 2), or, with SUMS too, for g = (1, 0) (the SSIM
+    sum alone; the adjoint kernel scales them per image). C1, C2: the SSIM constants.
+    Grid: (N * n_wb * n_sb * Ro,)."""
     pid = tl.program_id(0)
     per_image = n_wb * n_sb * Ro
     n = (pid // per_image).to(tl.int64)
@@ -175,8 +177,12 @@ def _ssim_stream_kernel(
     acc_s = tl.zeros([BLOCK_W], tl.float32)
     acc_c = tl.zeros([BLOCK_W], tl.float32)
     if MAPS:
-        gs = tl.load(g_ptr + 2 * n)
-        gc = tl.load(g_ptr + 2 * n + 1)
+        if SUMS:
+            gs = 1.0
+            gc = 0.0
+        else:
+            gs = tl.load(g_ptr + 2 * n)
+            gc = tl.load(g_ptr + 2 * n + 1)
     if IS3D:
         m_row = r + PAD
     else:
@@ -204,12 +210,12 @@ def _ssim_stream_kernel(
             dux = q * (uy - lum * ux) - 2 * ux * dv - uy * dvxy
             duy = q * (ux - lum * uy) - 2 * uy * dv - ux * dvxy
             k_stride = So * Ro * Wo
-            mo = out_ptr + n * 4 * k_stride + o * (Ro * Wo) + r * Wo + cols
+            mo = maps_ptr + n * 4 * k_stride + o * (Ro * Wo) + r * Wo + cols
             tl.store(mo, wt * dux, mask=col_ok)
             tl.store(mo + k_stride, wt * duy, mask=col_ok)
             tl.store(mo + 2 * k_stride, wt * dv, mask=col_ok)
             tl.store(mo + 3 * k_stride, wt * dvxy, mask=col_ok)
-        else:
+        if SUMS:
             acc_s += wt * lum * cs
             acc_c += wt * cs
         a0, a1, a2, a3, a4, a5, a6, a7, a8, a9 = a1, a2, a3, a4, a5, a6, a7, a8, a9, na
@@ -217,8 +223,8 @@ def _ssim_stream_kernel(
         c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = c1, c2, c3, c4, c5, c6, c7, c8, c9, nc
         d0, d1, d2, d3, d4, d5, d6, d7, d8, d9 = d1, d2, d3, d4, d5, d6, d7, d8, d9, nd
         e0, e1, e2, e3, e4, e5, e6, e7, e8, e9 = e1, e2, e3, e4, e5, e6, e7, e8, e9, ne
-    if not MAPS:
-        part = out_ptr + pid.to(tl.int64) * 2  # (N, programs, 2) in grid order
+    if SUMS:
+        part = part_ptr + pid.to(tl.int64) * 2  # (N, programs, 2) in grid order
         tl.store(part, tl.sum(acc_s, axis=0))
         tl.store(part + 1, tl.sum(acc_c, axis=0))
 
@@ -263,11 +269,12 @@ def _adj_plane(pm, win, r, cols, ok, Ro, Wo, K, OFF: tl.constexpr, IS3D: tl.cons
 
 @triton.jit
 def _ssim_adjoint_kernel(
-    mp_ptr, x_ptr, y_ptr, win, dx_ptr, dy_ptr,
+    mp_ptr, x_ptr, y_ptr, g_ptr, win, dx_ptr, dy_ptr,
     S, R, W, So, Ro, Wo, n_wb, n_sb,
-    OFF: tl.constexpr, IS3D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_W: tl.constexpr,
+    OFF: tl.constexpr, IS3D: tl.constexpr, SCALE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_W: tl.constexpr,
 ):  # fmt: skip
-    """dx, dy (N, S, R, W) from the derivative maps (N, 4, So, Ro, Wo). Grid: (N * n_wb * n_sb * R,)."""
+    """dx, dy (N, S, R, W) from the derivative maps (N, 4, So, Ro, Wo); with SCALE, times the upstream
+    gradient of the SSIM sum g[n, 0] (maps made for g = (1, 0)). Grid: (N * n_wb * n_sb * R,)."""
     pid = tl.program_id(0)
     per_image = n_wb * n_sb * R
     n = (pid // per_image).to(tl.int64)
@@ -284,6 +291,8 @@ def _ssim_adjoint_kernel(
     w0, w1, w2, w3 = tl.load(win + 0), tl.load(win + 1), tl.load(win + 2), tl.load(win + 3)
     w4, w5, w6, w7 = tl.load(win + 4), tl.load(win + 5), tl.load(win + 6), tl.load(win + 7)
     w8, w9, w10 = tl.load(win + 8), tl.load(win + 9), tl.load(win + 10)
+    if SCALE:
+        gs = tl.load(g_ptr + 2 * n)
     q0 = sb * BLOCK_S
     # Ring of the 10 in-plane filtered map rows before the newest: a = dux, b = duy, c = dv, d = dvxy.
     # Each starts as its own zero tensor: see _zeros10.
@@ -309,8 +318,13 @@ def _ssim_adjoint_kernel(
         off = img + q * (R * W) + r * W + cols
         xv = tl.load(x_ptr + off, mask=col_ok, other=0.0).to(tl.float32)
         yv = tl.load(y_ptr + off, mask=col_ok, other=0.0).to(tl.float32)
-        tl.store(dx_ptr + off, fa + 2 * xv * fv + yv * fxy, mask=col_ok)
-        tl.store(dy_ptr + off, fb + 2 * yv * fv + xv * fxy, mask=col_ok)
+        gx = fa + 2 * xv * fv + yv * fxy
+        gy = fb + 2 * yv * fv + xv * fxy
+        if SCALE:
+            gx = gs * gx
+            gy = gs * gy
+        tl.store(dx_ptr + off, gx, mask=col_ok)
+        tl.store(dy_ptr + off, gy, mask=col_ok)
         a0, a1, a2, a3, a4, a5, a6, a7, a8, a9 = a1, a2, a3, a4, a5, a6, a7, a8, a9, na
         b0, b1, b2, b3, b4, b5, b6, b7, b8, b9 = b1, b2, b3, b4, b5, b6, b7, b8, b9, nb
         c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 = c1, c2, c3, c4, c5, c6, c7, c8, c9, nc
@@ -325,10 +339,22 @@ def _padded_window(window: tuple[float, ...], device: torch.device) -> torch.Ten
     return torch.tensor(taps, dtype=torch.float32, device=device)
 
 
-class _Geometry:
-    """(N, S, R, W) view of (N, H, W) images or (N, D, H, W) volumes, the valid output sizes and blocks."""
+# Launch shapes (block_s, block_w, num_warps) per kernel ("stream": the forward and the backward's
+# derivative maps; "adjoint": the backward's second kernel) and dimensionality. block_w is capped at the
+# next power of two of the image width. Chosen from ``benchmarks/losses.py --tune`` (kernels alone,
+# replayed from a CUDA graph); see benchmarks/README.md.
+LAUNCH: dict[tuple[str, bool], tuple[int, int, int]] = {
+    ("stream", False): (16, 64, 2),
+    ("adjoint", False): (16, 128, 2),
+    ("stream", True): (16, 128, 4),
+    ("adjoint", True): (16, 128, 4),
+}
 
-    def __init__(self, x: torch.Tensor, k: int, block_s: int | None, block_w: int | None):
+
+class _Geometry:
+    """(N, S, R, W) view of (N, H, W) images or (N, D, H, W) volumes and the valid output sizes."""
+
+    def __init__(self, x: torch.Tensor, k: int):
         self.is3d = x.dim() == 4
         self.n = x.shape[0]
         self.s, self.r, self.w = x.shape[1:] if self.is3d else (x.shape[1], 1, x.shape[2])
@@ -336,13 +362,19 @@ class _Geometry:
         self.ro = self.r - k + 1 if self.is3d else 1
         self.off = (TAPS - k) // 2
         self.pad = (k - 1) // 2
-        self.block_s = block_s or 32
-        self.block_w = block_w or min(64, max(16, triton.next_power_of_2(self.w)))
 
-    def grid(self, rows: int, length: int, width: int) -> tuple[int, int, tuple[int]]:
+    def launch(self, kernel: str, block_s: int | None, block_w: int | None, num_warps: int | None):
+        """(block_s, block_w, num_warps): the table's, each overridden when given."""
+        bs, bw, warps = LAUNCH[(kernel, self.is3d)]
+        bw = block_w or min(bw, max(16, triton.next_power_of_2(self.w)))
+        if num_warps is None:
+            warps = max(1, min(warps, bw // 32)) if block_w is None else max(1, bw // 32)
+        return block_s or bs, bw, num_warps or warps
+
+    def grid(self, rows: int, length: int, width: int, block_s: int, block_w: int) -> tuple[int, int, tuple[int]]:
         """Strips along W, chunks along S and the 1D grid over all images (an image's programs are
         contiguous, so a partial-sum buffer in grid order is (N, programs, ...))."""
-        n_wb, n_sb = triton.cdiv(width, self.block_w), triton.cdiv(length, self.block_s)
+        n_wb, n_sb = triton.cdiv(width, block_w), triton.cdiv(length, block_s)
         return n_wb, n_sb, (self.n * n_wb * n_sb * rows,)
 
 
@@ -351,6 +383,50 @@ def _check(x: torch.Tensor, window: list[float]) -> None:
         raise ValueError(f"the Triton SSIM kernels take windows of at most {TAPS} taps, got {len(window)}")
     if x.dim() not in (3, 4):
         raise ValueError(f"expected (N, H, W) or (N, D, H, W), got shape {tuple(x.shape)}")
+
+
+def stream(x, y, mask, g: _Geometry, win, c1, c2, shape, grad=None, fused=False):
+    """One launch of the streaming kernel; returns (partial sums (N, programs, 2), derivative maps
+    (N, 4, So, Ro, Wo)), either None when not asked for: the sums alone by default; the maps alone for
+    an upstream gradient ``grad`` (N, 2); with ``fused``, both, the maps for the SSIM sum alone (g = (1, 0))."""
+    block_s, block_w, warps = shape
+    n_wb, n_sb, grid = g.grid(g.ro, g.so, g.wo, block_s, block_w)
+    with_sums, with_maps = grad is None, grad is not None or fused
+    part = maps = None
+    if with_sums:
+        part = torch.empty((g.n, grid[0] // g.n, 2), dtype=torch.float32, device=x.device)
+    if with_maps:
+        maps = torch.empty((g.n, 4, g.so, g.ro, g.wo), dtype=torch.float32, device=x.device)
+    some = part if part is not None else maps  # a valid pointer for the arguments a mode ignores
+    _ssim_stream_kernel[grid](
+        x, y, mask if mask is not None else x, grad if grad is not None else some, win,
+        part if part is not None else some, maps if maps is not None else some,
+        g.s, g.r, g.w, g.so, g.ro, g.wo, c1, c2, n_wb, n_sb,
+        OFF=g.off, PAD=g.pad, IS3D=g.is3d, HAS_MASK=mask is not None, SUMS=with_sums, MAPS=with_maps,
+        BLOCK_S=block_s, BLOCK_W=block_w, num_warps=warps,
+    )  # fmt: skip
+    return part, maps
+
+
+def adjoint(maps, x, y, g: _Geometry, win, shape, scale=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One launch of the adjoint kernel: (dx, dy) from the derivative maps; ``scale`` (N, 2): the
+    upstream gradient whose SSIM column multiplies maps made by a fused forward."""
+    block_s, block_w, warps = shape
+    dx, dy = torch.empty_like(x), torch.empty_like(y)
+    n_wb, n_sb, grid = g.grid(g.r, g.s, g.w, block_s, block_w)
+    _ssim_adjoint_kernel[grid](
+        maps, x, y, scale if scale is not None else maps, win, dx, dy,
+        g.s, g.r, g.w, g.so, g.ro, g.wo, n_wb, n_sb,
+        OFF=g.off, IS3D=g.is3d, SCALE=scale is not None, BLOCK_S=block_s, BLOCK_W=block_w, num_warps=warps,
+    )  # fmt: skip
+    return dx, dy
+
+
+def _prepare(x, y, mask, window):
+    _check(x, window)
+    mask = mask.contiguous() if mask is not None else None
+    g = _Geometry(x, len(window))
+    return x.contiguous(), y.contiguous(), mask, g, _padded_window(tuple(window), x.device)
 
 
 def ssim_sums(
@@ -364,19 +440,10 @@ def ssim_sums(
     block_w: int | None = None,
     num_warps: int | None = None,
 ) -> torch.Tensor:
-    """Triton twin of ``_ssim_torch.ssim_sums``: (N, 2) float32 = [sum w SSIM, sum w CS] per image."""
-    _check(x, window)
-    x, y = x.contiguous(), y.contiguous()
-    mask = mask.contiguous() if mask is not None else None
-    g = _Geometry(x, len(window), block_s, block_w)
-    n_wb, n_sb, grid = g.grid(g.ro, g.so, g.wo)
-    part = torch.empty((g.n, grid[0] // g.n, 2), dtype=torch.float32, device=x.device)
-    _ssim_stream_kernel[grid](
-        x, y, mask if mask is not None else x, part, _padded_window(tuple(window), x.device), part,
-        g.s, g.r, g.w, g.so, g.ro, g.wo, c1, c2, n_wb, n_sb,
-        OFF=g.off, PAD=g.pad, IS3D=g.is3d, HAS_MASK=mask is not None, MAPS=False,
-        BLOCK_S=g.block_s, BLOCK_W=g.block_w, num_warps=num_warps or max(1, g.block_w // 32),
-    )  # fmt: skip
+    """Triton twin of ``_ssim_torch.ssim_sums``: (N, 2) float32 = [sum w SSIM, sum w CS] per image.
+    ``block_s``, ``block_w``, ``num_warps`` override the launch shape (tests, tuning)."""
+    x, y, mask, g, win = _prepare(x, y, mask, window)
+    part, _ = stream(x, y, mask, g, win, c1, c2, g.launch("stream", block_s, block_w, num_warps))
     return part.sum(1)
 
 
@@ -393,25 +460,25 @@ def ssim_sums_backward(
     num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton twin of ``_ssim_torch.ssim_sums_backward``: (dx, dy) in x's dtype, each (N, *S)."""
-    _check(x, window)
-    x, y = x.contiguous(), y.contiguous()
-    mask = mask.contiguous() if mask is not None else None
+    x, y, mask, g, win = _prepare(x, y, mask, window)
     grad = grad.to(torch.float32).contiguous()
-    g = _Geometry(x, len(window), block_s, block_w)
-    win = _padded_window(tuple(window), x.device)
-    warps = num_warps or max(1, g.block_w // 32)
-    maps = torch.empty((g.n, 4, g.so, g.ro, g.wo), dtype=torch.float32, device=x.device)
-    n_wb, n_sb, grid = g.grid(g.ro, g.so, g.wo)
-    _ssim_stream_kernel[grid](
-        x, y, mask if mask is not None else x, grad, win, maps,
-        g.s, g.r, g.w, g.so, g.ro, g.wo, c1, c2, n_wb, n_sb,
-        OFF=g.off, PAD=g.pad, IS3D=g.is3d, HAS_MASK=mask is not None, MAPS=True,
-        BLOCK_S=g.block_s, BLOCK_W=g.block_w, num_warps=warps,
-    )  # fmt: skip
-    dx, dy = torch.empty_like(x), torch.empty_like(y)
-    n_wb, n_sb, grid = g.grid(g.r, g.s, g.w)
-    _ssim_adjoint_kernel[grid](
-        maps, x, y, win, dx, dy, g.s, g.r, g.w, g.so, g.ro, g.wo, n_wb, n_sb,
-        OFF=g.off, IS3D=g.is3d, BLOCK_S=g.block_s, BLOCK_W=g.block_w, num_warps=warps,
-    )  # fmt: skip
-    return dx, dy
+    _, maps = stream(x, y, mask, g, win, c1, c2, g.launch("stream", block_s, block_w, num_warps), grad=grad)
+    return adjoint(maps, x, y, g, win, g.launch("adjoint", block_s, block_w, num_warps))
+
+
+def ssim_sums_and_maps(x, y, mask, window, c1, c2, block_s=None, block_w=None, num_warps=None):
+    """The forward and the first half of the backward in one pass, for a caller that will only need
+    the gradient of the SSIM sums (not the CS sums): ((N, 2) sums as ``ssim_sums``, the derivative maps
+    for a unit gradient of each image's SSIM sum). ``backward_from_maps`` finishes the backward: two
+    kernels per step instead of three, at the price of keeping the maps (4 floats per valid output)."""
+    x, y, mask, g, win = _prepare(x, y, mask, window)
+    part, maps = stream(x, y, mask, g, win, c1, c2, g.launch("stream", block_s, block_w, num_warps), fused=True)
+    return part.sum(1), maps
+
+
+def backward_from_maps(grad, maps, x, y, window, block_s=None, block_w=None, num_warps=None):
+    """(dx, dy) of sum(grad[:, 0] * SSIM sums) from ``ssim_sums_and_maps``'s maps; grad[:, 1] (the CS
+    sums' gradient) must be zero and is not read."""
+    x, y, _, g, win = _prepare(x, y, None, window)
+    grad = grad.to(torch.float32).contiguous()
+    return adjoint(maps, x, y, g, win, g.launch("adjoint", block_s, block_w, num_warps), scale=grad)

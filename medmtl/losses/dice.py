@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from medmtl.errors import InputError
-from medmtl.losses import _dice_op  # noqa: F401  (registers torch.ops.medmtl.dice_sums)
+from medmtl.losses import _dice_op
 from medmtl.losses._dice_torch import ACTIVATIONS
 from medmtl.losses.dispatch import use_triton
 from medmtl.losses.ssim import bind_options
@@ -81,7 +81,7 @@ def _stats(logits, target, activation, squared, with_ce, class_weight, mask, bac
     if activation == "sigmoid" and t.dim() == 2 and z.shape[1] > 1:
         raise InputError(where, "sigmoid (multi-label) needs dense targets (B, C, *spatial), not labels")
     cw = _class_weight(class_weight, logits, where)
-    sums, ce = torch.ops.medmtl.dice_sums(z, t, w, cw, activation, squared, with_ce, use_triton(backend, logits, "dice"))
+    sums, ce = _dice_op.sums(z, t, w, cw, activation, squared, with_ce, use_triton(backend, logits, "dice"))
     return sums, ce, cw
 
 

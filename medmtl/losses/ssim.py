@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from medmtl.errors import InputError
-from medmtl.losses import _ssim_op  # noqa: F401  (registers torch.ops.medmtl.ssim_sums)
+from medmtl.losses import _ssim_op
 from medmtl.losses._ssim_torch import crop_valid
 from medmtl.losses._window import KERNEL, KERNEL_SIZE, SIGMA, ssim_constants, window_weights
 from medmtl.losses.dispatch import use_triton
@@ -72,17 +72,20 @@ def ssim_per_image(
     mask: torch.Tensor | None,
     backend: str | None,
     where: str,
+    cs_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
     """Weighted sums of the SSIM and CS maps, each (B, C), and their weight: (B, C), or the number of
     valid pixels per image when there is no mask.
 
     The building block of ``ssim`` and ``ms_ssim``; inputs are assumed checked by ``check_pair``.
+    ``cs_grad=False`` promises that the CS sums will not be differentiated (``ssim`` drops them), which
+    lets the eager Triton route do the backward in one kernel.
     """
     c1, c2 = ssim_constants(data_range, where)
     b, c = pred.shape[:2]
     target = target.to(pred.dtype)  # one dtype for the op (its sums follow pred's)
     flat = _flat_mask(mask, pred, where)
-    sums = torch.ops.medmtl.ssim_sums(
+    sums = _ssim_op.sums(
         pred.reshape(b * c, *pred.shape[2:]),
         target.reshape(b * c, *pred.shape[2:]),
         flat,
@@ -90,6 +93,7 @@ def ssim_per_image(
         c1,
         c2,
         use_triton(backend, pred, "ssim"),
+        cs_grad,
     ).view(b, c, 2)
     k = len(window)
     if flat is None:
@@ -140,7 +144,7 @@ def ssim(
     """
     window = window_weights(kernel, kernel_size, sigma, "ssim")
     check_pair(pred, target, kernel_size, "ssim")
-    total, _, weight = ssim_per_image(pred, target, data_range, window, mask, backend, "ssim")
+    total, _, weight = ssim_per_image(pred, target, data_range, window, mask, backend, "ssim", cs_grad=False)
     return weighted_mean(total, weight, reduction, "ssim")
 
 

@@ -44,16 +44,20 @@ def carried(kernel):  # the most values any scf.for of the kernel carries to its
 
 
 ptr = "*fp32"
-ssim = {n: ptr for n in ("x_ptr", "y_ptr", "m_ptr", "g_ptr", "win", "out_ptr", "mp_ptr", "dx_ptr", "dy_ptr")}
+ssim = {n: ptr for n in ("x_ptr", "y_ptr", "m_ptr", "g_ptr", "win", "part_ptr", "maps_ptr", "mp_ptr", "dx_ptr",
+                         "dy_ptr")}  # fmt: skip
 ssim.update(C1="fp32", C2="fp32", x_ptr="*fp16", y_ptr="*fp16")
-# The ring holds rows OFF..9 of each moment (5 forward, 4 adjoint); the forward adds 2 accumulators.
+# The ring holds rows OFF..9 of each moment (5 forward, 4 adjoint); the sums add 2 accumulators.
+# Modes: forward sums, backward maps, and both at once (the fused forward).
 for is3d in (False, True):
-    for off, maps in ((0, False), (3, True)):
+    for off, sums, maps in ((0, True, False), (3, False, True), (0, True, True)):
         k = build(_triton_ssim._ssim_stream_kernel, ssim, {"OFF": off, "PAD": 5 - off, "IS3D": is3d,
-                  "HAS_MASK": True, "MAPS": maps, "BLOCK_S": 32, "BLOCK_W": 64}, 2)
-        assert carried(k) == 5 * (10 - off) + (0 if maps else 2), (is3d, off, maps, carried(k))
-    k = build(_triton_ssim._ssim_adjoint_kernel, ssim, {"OFF": 2, "IS3D": is3d, "BLOCK_S": 32, "BLOCK_W": 64}, 2)
-    assert carried(k) == 4 * 8, (is3d, carried(k))
+                  "HAS_MASK": True, "SUMS": sums, "MAPS": maps, "BLOCK_S": 32, "BLOCK_W": 64}, 2)
+        assert carried(k) == 5 * (10 - off) + (2 if sums else 0), (is3d, off, sums, maps, carried(k))
+    for scale in (False, True):
+        k = build(_triton_ssim._ssim_adjoint_kernel, ssim, {"OFF": 2, "IS3D": is3d, "SCALE": scale, "BLOCK_S": 32,
+                  "BLOCK_W": 64}, 2)  # fmt: skip
+        assert carried(k) == 4 * 8, (is3d, scale, carried(k))
 dice = {n: ptr for n in ("z_ptr", "w_ptr", "cw_ptr", "out_ptr", "gs_ptr", "gce_ptr", "dz_ptr")}
 for act, labels in ((0, True), (1, False)):
     dice["t_ptr"] = "*i64" if labels else ptr

@@ -70,6 +70,26 @@ def test_ssim_3d_with_the_default_window_matches_pytorch():
     _compare_ssim(x, y, mask, window_weights("gaussian", 11, 1.5), block_s=8)
 
 
+@pytest.mark.parametrize(
+    ("shape", "size", "launch"),
+    [((2, 17, 15), 11, {"block_s": 4, "block_w": 16}), ((1, 23, 19), 11, {}), ((1, 8, 6, 10), 3, {"block_s": 4})],
+)
+def test_fused_forward_and_maps_match_pytorch(shape, size, launch):
+    """``ssim_sums_and_maps`` + ``backward_from_maps`` (the eager route when only the SSIM sums are
+    differentiated): the forward's sums, and the gradient for an upstream gradient (g, 0)."""
+    x, y, mask = _images(shape, seed=sum(shape) + 1)
+    window = window_weights("gaussian", size, 1.5)
+    sums, maps = _triton_ssim.ssim_sums_and_maps(x, y, mask, window, C1, C2, **launch)
+    torch.testing.assert_close(sums, _triton_ssim.ssim_sums(x, y, mask, window, C1, C2, **launch), atol=0, rtol=0)
+    count = float((torch.tensor(x.shape[1:]) - size + 1).prod())
+    grad = torch.randn(x.shape[0], 2, generator=torch.Generator().manual_seed(2)) / count
+    grad[:, 1] = 0
+    dx, dy = _triton_ssim.backward_from_maps(grad, maps, x, y, window, **launch)
+    ex, ey = _ssim_torch.ssim_sums_backward(grad, x, y, mask, window, C1, C2)
+    torch.testing.assert_close(dx, ex, atol=1e-5, rtol=0)
+    torch.testing.assert_close(dy, ey, atol=1e-5, rtol=0)
+
+
 def test_ssim_non_contiguous_and_half_inputs_match_pytorch():
     x, y, mask = _images((1, 19, 23), seed=4)
     window = window_weights("gaussian", 11, 1.5)
@@ -127,3 +147,40 @@ def test_dice_single_channel_sigmoid_matches_pytorch():
     grads = (torch.randn(2, 1, 3, generator=g), torch.randn(2, 2, generator=g))
     dz = _triton_dice.dice_sums_backward(*grads, *args)
     torch.testing.assert_close(dz, _dice_torch.dice_sums_backward(*grads, *args), rtol=0, atol=1e-5)
+
+
+def test_eager_autograd_functions_match_the_custom_ops():
+    """The eager route (``_ssim_op._TritonSums``, ``_dice_op._TritonSums``: the kernels without the custom
+    op's dispatch) gives the custom op's values and gradients (run here on CPU tensors by the interpreter)."""
+    from medmtl.losses import _dice_op, _ssim_op
+
+    x, y, mask = _images((2, 17, 19), seed=8)
+    window = window_weights("gaussian", 11, 1.5)
+    leaves = [x.clone().requires_grad_(True), y.clone().requires_grad_(True)]
+    refs = [x.clone().requires_grad_(True), y.clone().requires_grad_(True)]
+    grad = torch.randn(2, 2, generator=torch.Generator().manual_seed(9))
+    expected = torch.ops.medmtl.ssim_sums(*refs, mask, window, C1, C2, False)
+    expected_grads = torch.autograd.grad(expected, refs, grad)
+    # cs_grad=False fuses the backward's first pass into the forward: exact for a gradient on column 0 only.
+    only_ssim = grad * torch.tensor([1.0, 0.0])
+    expected_fused = torch.autograd.grad(torch.ops.medmtl.ssim_sums(*refs, mask, window, C1, C2, False), refs, only_ssim)
+    for cs_grad, upstream, reference in [(True, grad, expected_grads), (False, only_ssim, expected_fused)]:
+        got = _ssim_op._TritonSums.apply(*leaves, mask, window, C1, C2, cs_grad)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+        for a, b in zip(torch.autograd.grad(got, leaves, upstream), reference, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+    g = torch.Generator().manual_seed(10)
+    logits = torch.randn(2, 3, 90, generator=g)
+    labels = torch.randint(0, 3, (2, 90), generator=g)
+    weight = torch.rand(2, 90, generator=g)
+    z, z_ref = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    args = (labels, weight, None, "softmax", False, True)
+    got = _dice_op._TritonSums.apply(z, *args)
+    expected = torch.ops.medmtl.dice_sums(z_ref, *args, False)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    grads = (torch.randn(2, 3, 3, generator=g), torch.randn(2, 2, generator=g))
+    torch.testing.assert_close(
+        torch.autograd.grad(got, z, grads)[0], torch.autograd.grad(expected, z_ref, grads)[0], atol=1e-5, rtol=0
+    )
