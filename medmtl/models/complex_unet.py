@@ -7,6 +7,12 @@ convolution. There is no normalisation layer: the reconstruction network divides
 scale up front, and a complex (whitening) instance norm after every convolution made the U-Net 1.46x slower
 (two convolutions a level, 8 channels, 3 pools, 256 x 256, forward and backward, one CPU thread).
 The 1x1 head starts at zero, so a network used as a residual refiner starts as the identity.
+
+The layers take (B, C, H, W, 2) pairs, but ``ComplexUNet`` runs them on the stacked layout (B, 2C, H, W), real
+parts then imaginary parts, converting once on the way in and once on the way out: between layers nothing
+moves (block-form convolutions read and write that layout, Gauss-form ones split and join it along channels,
+CReLU and the average pool act per channel), and the skip concatenation gathers the real halves and then the
+imaginary halves in one copy. The weights and the state dict are those of the pair layers.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmtl.models.unet import UNet, UNetLayers
+from medmtl.models.unet import UNet, UNetLayers, crop_to, pad_to_multiple
 from medmtl.nn.complex import ComplexConv2d, ComplexConvTranspose2d, CReLU
+from medmtl.nn.complex.conv import from_stacked, to_stacked
 
 
 def complex_avg_pool(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -55,9 +62,48 @@ COMPLEX_LAYERS = UNetLayers(
 )
 
 
+def _stacked(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module`` (one of the layers above, or a Sequential of them) applied to the stacked layout."""
+    if isinstance(module, nn.Sequential):
+        for layer in module:
+            x = _stacked(layer, x)
+        return x
+    if isinstance(module, (ComplexConv2d, ComplexConvTranspose2d)):
+        return module.forward_stacked(x)
+    if isinstance(module, CReLU):
+        return torch.relu(x)
+    if isinstance(module, ComplexAvgPool2x):
+        return F.avg_pool2d(x, 2)
+    raise TypeError(f"no stacked form for {type(module).__name__}")
+
+
+def _cat_stacked(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The stacked layout of the complex channels of a then b: their real halves, then their imaginary halves."""
+    ca, cb = a.shape[1] // 2, b.shape[1] // 2
+    return torch.cat((a[:, :ca], b[:, :cb], a[:, ca:], b[:, cb:]), dim=1)
+
+
+class ComplexUNet(UNet):
+    """``UNet`` with the complex layers, run on the stacked layout (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W, 2) -> (B, out_chans, H, W, 2)."""
+        h, w = x.shape[2], x.shape[3]
+        x = pad_to_multiple(to_stacked(x), self.multiple)
+        skips = []
+        for block, pool in zip(self.down, self.pool, strict=True):
+            x = _stacked(block, x)
+            skips.append(x)
+            x = _stacked(pool, x)
+        x = _stacked(self.bottom, x)
+        for up, block in zip(self.up, self.up_block, strict=True):
+            x = _stacked(block, _cat_stacked(_stacked(up, x), skips.pop()))
+        return from_stacked(crop_to(_stacked(self.head, x), h, w))
+
+
 def complex_unet(in_chans: int, out_chans: int, chans: int, pools: int) -> UNet:
     """A complex U-Net (B, in_chans, H, W, 2) -> (B, out_chans, H, W, 2), any H x W, output zero at init."""
-    net = UNet(in_chans, out_chans, chans, pools, COMPLEX_LAYERS)
+    net = ComplexUNet(in_chans, out_chans, chans, pools, COMPLEX_LAYERS)
     nn.init.zeros_(net.head.weight)
     nn.init.zeros_(net.head.bias)
     return net

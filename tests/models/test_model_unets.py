@@ -52,3 +52,21 @@ def test_pad_then_crop_round_trips(tail):
     assert padded.shape == (2, 3, 16, 8, *tail)
     assert torch.equal(padded[:, :, 13:], torch.zeros_like(padded[:, :, 13:]))
     assert torch.equal(crop_to(padded, 13, 7), x)
+
+
+def test_complex_unet_runs_the_pair_layers_on_the_stacked_layout():
+    """ComplexUNet's stacked walk is the layer-by-layer pair-layout U-Net, values and gradients, with
+    convolutions of both forms (Gauss from 32 input channels on CPU) and an odd size (padding)."""
+    from medmtl.models.unet import UNet
+
+    torch.manual_seed(0)
+    net = complex_unet(3, 2, chans=8, pools=3)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(1, 3, 37, 30, 2, requires_grad=True)
+    got, expected = net(x), UNet.forward(net, x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    up = torch.randn(expected.shape)
+    for a, b in zip(torch.autograd.grad(got, [x, *net.parameters()], up),
+                    torch.autograd.grad(expected, [x, *net.parameters()], up), strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

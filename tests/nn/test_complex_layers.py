@@ -25,7 +25,7 @@ from medmtl.nn.complex import (
     ZReLU,
     complex_kaiming_,
 )
-from medmtl.nn.complex.conv import _REAL_OPS, _block, _gauss
+from medmtl.nn.complex.conv import _REAL_OPS, _block, _gauss, from_stacked, to_stacked
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 
@@ -146,6 +146,38 @@ def test_block_and_gauss_formulations_agree(spatial_dims, transposed):
     )
     torch.testing.assert_close(_block(x, weight, bias, op, groups, transposed), ref, **TOL)
     torch.testing.assert_close(_gauss(x, weight, bias, op), ref, **TOL)
+
+
+@pytest.mark.parametrize(
+    ("cls", "cin", "cout", "groups"),
+    [
+        (ComplexConv2d, 3, 5, 1),  # block form
+        (ComplexConv2d, 32, 4, 1),  # Gauss form on CPU
+        (ComplexConv2d, 4, 6, 2),  # grouped: block form
+        (ComplexConvTranspose2d, 32, 8, 1),
+        (ComplexConvTranspose2d, 4, 2, 2),
+        (ComplexConv3d, 2, 3, 1),
+    ],
+)
+def test_stacked_forward_is_the_same_map(cls, cin, cout, groups):
+    """``forward_stacked`` on ``to_stacked(x)`` gives ``to_stacked(forward(x))``, values and gradients."""
+    torch.manual_seed(0)
+    kwargs = {"stride": 2} if cls is ComplexConvTranspose2d else {"padding": 1}
+    layer = cls(cin, cout, 3, groups=groups, **kwargs)
+    nn.init.normal_(layer.bias)
+    spatial = (5, 6, 4) if cls is ComplexConv3d else (7, 6)
+    x = torch.randn(2, cin, *spatial, 2, generator=_gen(5), requires_grad=True)
+    xs = to_stacked(x.detach(), groups).requires_grad_(True)
+    torch.testing.assert_close(from_stacked(to_stacked(x, groups), groups), x)
+    expected = layer(x)
+    got = layer.forward_stacked(xs)
+    torch.testing.assert_close(from_stacked(got, groups), expected, **TOL)
+    up = torch.randn(expected.shape, generator=_gen(6))
+    (gx,) = torch.autograd.grad(expected, x, up)
+    (gs,) = torch.autograd.grad(got, xs, to_stacked(up, groups))
+    torch.testing.assert_close(from_stacked(gs, groups), gx, **TOL)
+    with pytest.raises(ValueError, match="expected stacked"):
+        layer.forward_stacked(x)
 
 
 @pytest.mark.parametrize("lead", [(1,), (3,), (2, 5)])

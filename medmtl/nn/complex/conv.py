@@ -40,7 +40,7 @@ def _tuple(value: _Size, n: int) -> tuple[int, ...]:
     return (value,) * n if isinstance(value, int) else tuple(value)
 
 
-def _to_stacked(x: torch.Tensor, groups: int) -> torch.Tensor:
+def to_stacked(x: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """(B, C, *S, 2) -> (B, 2C, *S), channels ordered (group, real/imag, channel-in-group)."""
     b, c, *spatial, _ = x.shape
     n = len(spatial)
@@ -49,7 +49,7 @@ def _to_stacked(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.permute(0, 1, n + 3, 2, *range(3, n + 3)).reshape(b, 2 * c, *spatial)
 
 
-def _from_stacked(y: torch.Tensor, groups: int) -> torch.Tensor:
+def from_stacked(y: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """(B, 2O, *S) with channels ordered (group, real/imag, channel-in-group) -> (B, O, *S, 2)."""
     b, c2, *spatial = y.shape
     n = len(spatial)
@@ -82,8 +82,8 @@ def _block_bias(bias: torch.Tensor, groups: int) -> torch.Tensor:
 
 def _block(x, weight, bias, op: _Bilinear, groups: int, transposed: bool) -> torch.Tensor:
     b = None if bias is None else _block_bias(bias, groups)
-    y = op(_to_stacked(x, groups), _block_weight(weight, groups, transposed), b)
-    return _from_stacked(y, groups)
+    y = op(to_stacked(x, groups), _block_weight(weight, groups, transposed), b)
+    return from_stacked(y, groups)
 
 
 def _gauss(x, weight, bias, op: _Bilinear) -> torch.Tensor:
@@ -94,6 +94,19 @@ def _gauss(x, weight, bias, op: _Bilinear) -> torch.Tensor:
     k2 = op(xi, wr + wi, br)  # carries -br so that real = k1 - k2 gains +br
     k3 = op(xr, wi - wr, bi)
     return torch.stack((k1 - k2, k1 + k3), dim=-1)
+
+
+def _gauss_stacked(x, weight, bias, op: _Bilinear) -> torch.Tensor:
+    """``_gauss`` on the stacked layout (B, 2C, *S) of one group: the parts are channel halves, so no
+    copies to split them and one channel concatenation to join them."""
+    c = x.shape[1] // 2
+    xr, xi = x[:, :c], x[:, c:]
+    wr, wi = weight.unbind(-1)
+    br, bi = (None, None) if bias is None else (-bias[:, 0], bias[:, 1])
+    k1 = op(xr + xi, wr, None)
+    k2 = op(xi, wr + wi, br)
+    k3 = op(xr, wi - wr, bi)
+    return torch.cat((k1 - k2, k1 + k3), dim=1)
 
 
 _REAL_OPS: dict[tuple[int, bool], Callable[..., torch.Tensor]] = {
@@ -153,6 +166,21 @@ class _ComplexConvBase(nn.Module):
         if x.device.type == "cpu" and self.in_channels // self.groups >= _GAUSS_MIN_CHANNELS:
             return _gauss(x, self.weight, self.bias, self._op)
         return _block(x, self.weight, self.bias, self._op, self.groups, self._transposed)
+
+    def forward_stacked(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map on the stacked layout: (B, 2 C_in, *spatial) -> (B, 2 C_out, *spatial_out), channels
+        ordered (group, real/imag, channel in group) as ``to_stacked`` makes them. A network that stays in
+        this layout between layers (``medmtl.models.complex_unet``) skips the two layout copies of each
+        block-form layer and the part splits and pair stacking of each Gauss-form one."""
+        if x.dim() != self._spatial_dims + 2 or x.shape[1] != 2 * self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__}: expected stacked (B, {2 * self.in_channels}, "
+                f"<{self._spatial_dims} spatial dims>), got {tuple(x.shape)}"
+            )
+        if x.device.type == "cpu" and self.groups == 1 and self.in_channels >= _GAUSS_MIN_CHANNELS:
+            return _gauss_stacked(x, self.weight, self.bias, self._op)
+        b = None if self.bias is None else _block_bias(self.bias, self.groups)
+        return self._op(x, _block_weight(self.weight, self.groups, self._transposed), b)
 
 
 class _ComplexConv(_ComplexConvBase):
