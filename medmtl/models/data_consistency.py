@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from medmtl.cplx import sense_expand, sense_reduce
-from medmtl.fft import complex_matmul_right, fft2c, ifft2c, line_projection_matrix
+from medmtl.fft import fft2c, ifft2c, line_projection_matrix
 
 
 def forward_op(image: torch.Tensor, sens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -38,39 +38,72 @@ class ExportTerms(NamedTuple):
     """What an exported graph computes once for every cascade's data consistency (module docstring).
 
     lines: () bool, the mask is the same in every row. qr, qi: (B or 1, 1, W, W) the round trip along W
-    (``medmtl.fft.line_projection_matrix`` of the first row). data_image: (B, C, H, W, 2) F^H M y for soft data
-    consistency, F^H y for the gradient step.
+    (``medmtl.fft.line_projection_matrix`` of the first row); q_diff, q_sum: qi - qr and qr + qi, the other
+    two matrices of its three-product form. sens_r, sens_i: the coil maps' parts (B, C, H, W). data_r,
+    data_i: the parts of F^H M y for soft data consistency, F^H y for the gradient step, (B, C, H, W).
+
+    The cascades work on coil images as separate real and imaginary parts: a (..., 2) pair would be split
+    and restacked at every complex product, a full pass over the coil images each time in onnxruntime.
     """
 
     lines: torch.Tensor
     qr: torch.Tensor
     qi: torch.Tensor
-    data_image: torch.Tensor
+    q_diff: torch.Tensor
+    q_sum: torch.Tensor
+    sens_r: torch.Tensor
+    sens_i: torch.Tensor
+    data_r: torch.Tensor
+    data_i: torch.Tensor
 
 
 def export_terms(
-    measured: torch.Tensor, mask: torch.Tensor, soft: bool, measured_image: torch.Tensor
+    measured: torch.Tensor, mask: torch.Tensor, sens: torch.Tensor, soft: bool, measured_image: torch.Tensor
 ) -> ExportTerms:
-    """``ExportTerms`` of measured k-space (B, C, H, W, 2) and its mask (B, 1, Hm, W, 1); ``measured_image`` is
-    ifft2c(measured), which the network has already computed (the gradient step's data image)."""
+    """``ExportTerms`` of measured k-space (B, C, H, W, 2), its mask (B, 1, Hm, W, 1) and the coil maps
+    (B, C, H, W, 2); ``measured_image`` is ifft2c(measured), which the network has already computed (the
+    gradient step's data image)."""
     qr, qi = line_projection_matrix(mask[:, 0, 0, :, 0], measured.dtype)
+    qr, qi = qr[:, None], qi[:, None]
     data_image = ifft2c(mask * measured) if soft else measured_image
-    return ExportTerms((mask == mask[:, :, :1]).all(), qr[:, None], qi[:, None], data_image)
+    sens_r, sens_i = sens.unbind(-1)
+    data_r, data_i = data_image.unbind(-1)
+    lines = (mask == mask[:, :, :1]).all()
+    return ExportTerms(lines, qr, qi, qi - qr, qr + qi, sens_r, sens_i, data_r, data_i)
 
 
-def _round_trip_by_lines(x, mask, qr, qi):
-    return complex_matmul_right(x, qr, qi)
+def _expand(image: torch.Tensor, terms: ExportTerms) -> tuple[torch.Tensor, torch.Tensor]:
+    """S x as parts: image (B, H, W, 2) -> coil images (B, C, H, W) twice."""
+    ir, ii = image[:, None, ..., 0], image[:, None, ..., 1]
+    return ir * terms.sens_r - ii * terms.sens_i, ir * terms.sens_i + ii * terms.sens_r
 
 
-def _round_trip_by_planes(x, mask, qr, qi):
-    return ifft2c(mask * fft2c(x))
+def _reduce(xr: torch.Tensor, xi: torch.Tensor, terms: ExportTerms) -> torch.Tensor:
+    """S^H of coil images given as parts (B, C, H, W) twice -> (B, H, W, 2)."""
+    real = (terms.sens_r * xr + terms.sens_i * xi).sum(1)
+    imag = (terms.sens_r * xi - terms.sens_i * xr).sum(1)
+    return torch.stack((real, imag), dim=-1)
 
 
-def masked_round_trip(coil_images: torch.Tensor, mask: torch.Tensor, terms: ExportTerms) -> torch.Tensor:
-    """F^H M F of coil images (B, C, H, W, 2): one W x W product when ``terms.lines``, else 2D transforms."""
-    return torch.cond(
-        terms.lines, _round_trip_by_lines, _round_trip_by_planes, (coil_images, mask, terms.qr, terms.qi)
-    )
+def _round_trip_by_lines(xr, xi, mask, qr, qi, q_diff, q_sum):
+    k1 = (xr + xi) @ qr  # Gauss: three real products (``medmtl.fft.complex_matmul_right``)
+    k2 = xr @ q_diff
+    k3 = xi @ q_sum
+    return k1 - k3, k1 + k2
+
+
+def _round_trip_by_planes(xr, xi, mask, qr, qi, q_diff, q_sum):
+    y = ifft2c(mask * fft2c(torch.stack((xr, xi), dim=-1)))
+    return y[..., 0].contiguous(), y[..., 1].contiguous()  # the branches' outputs must match in layout too
+
+
+def masked_round_trip(
+    xr: torch.Tensor, xi: torch.Tensor, mask: torch.Tensor, terms: ExportTerms
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """F^H M F of coil images given as parts (B, C, H, W) twice: one W x W product when ``terms.lines``,
+    else 2D transforms."""
+    args = (xr, xi, mask, terms.qr, terms.qi, terms.q_diff, terms.q_sum)
+    return torch.cond(terms.lines, _round_trip_by_lines, _round_trip_by_planes, args)
 
 
 class SoftDC(nn.Module):
@@ -99,11 +132,12 @@ class SoftDC(nn.Module):
     ) -> torch.Tensor:
         """image (B, H, W, 2) -> data-consistent image (B, H, W, 2). With ``terms`` (exported graphs), the
         same step as S^H (S x - w F^H M F S x + w F^H M y)."""
-        coil_images = sense_expand(image, sens)
         if terms is not None:
             w = self.weight
-            blended = coil_images - w * masked_round_trip(coil_images, mask, terms) + w * terms.data_image
-            return sense_reduce(blended, sens)
+            xr, xi = _expand(image, terms)
+            rr, ri = masked_round_trip(xr, xi, mask, terms)
+            return _reduce(xr - w * rr + w * terms.data_r, xi - w * ri + w * terms.data_i, terms)
+        coil_images = sense_expand(image, sens)
         return sense_reduce(ifft2c(self.blend(fft2c(coil_images), measured, mask)), sens)
 
 
@@ -128,7 +162,7 @@ class GradientDC(nn.Module):
         """image (B, H, W, 2), measured (B, C, H, W, 2) zero off the mask -> update (B, H, W, 2). With
         ``terms`` (exported graphs), the same update as step * S^H (F^H M F S x - F^H y)."""
         if terms is not None:
-            residual = masked_round_trip(sense_expand(image, sens), mask, terms) - terms.data_image
-            return self.step * sense_reduce(residual, sens)
+            rr, ri = masked_round_trip(*_expand(image, terms), mask, terms)
+            return self.step * _reduce(rr - terms.data_r, ri - terms.data_i, terms)
         residual = forward_op(image, sens, mask) - measured
         return self.step * sense_reduce(ifft2c(residual), sens)

@@ -220,7 +220,7 @@ class ReconSegNet(nn.Module):
         image = adjoint_op(measured, sens, mask)
         terms = None
         if torch.compiler.is_exporting():  # dense DFT products: share what the cascades' steps have in common
-            terms = export_terms(measured, mask, self.cascades[0].kind == "soft", coil_images / s)
+            terms = export_terms(measured, mask, sens, self.cascades[0].kind == "soft", coil_images / s)
         joint = self.mode == "joint"
         b, _, h, w, _ = measured.shape
         prior = measured.new_zeros(b, self.num_classes, h, w) if joint else None

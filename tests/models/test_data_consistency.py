@@ -113,7 +113,7 @@ def test_the_exported_formulation_takes_the_same_step(dc_class, rows):
     dc = dc_class()
     with torch.no_grad():
         next(dc.parameters()).fill_(0.7)
-        terms = export_terms(measured, mask, dc_class is SoftDC, ifft2c(measured))
+        terms = export_terms(measured, mask, sens, dc_class is SoftDC, ifft2c(measured))
         assert bool(terms.lines) == (rows != "2d")
         torch.testing.assert_close(
             dc(image, measured, mask, sens, terms), dc(image, measured, mask, sens), atol=1e-5, rtol=1e-5
