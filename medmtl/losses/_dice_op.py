@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from medmtl.losses import _dice_torch
+from medmtl.losses._ssim_op import _refuse_double_backward
 
 
 def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -142,6 +143,7 @@ class _TritonSums(torch.autograd.Function):
         from medmtl.losses import _triton_dice
 
         logits, target, weight, class_weight = ctx.saved_tensors
+        _refuse_double_backward(logits, where="dice")  # a kernel: no second-order gradient
         dz = _triton_dice.dice_sums_backward(grad_sums, grad_ce, logits, target, weight, class_weight, *ctx.params)
         return dz, None, None, None, None, None, None
 

@@ -140,7 +140,7 @@ def _label_sums(logits, labels, weight, class_weight, activation, squared, with_
     pp = p * p if squared else p
     # Float64 accumulators: scatter_add adds one value at a time (on CUDA through atomics), and a
     # float32 matrix-vector product over a million voxels drifted by 1e-3 relative on CPU.
-    acc = torch.float64 if logits.dtype != torch.float64 else logits.dtype
+    acc = torch.float64
     sums = torch.stack(
         [
             logits.new_zeros(b, c, dtype=acc).scatter_add_(1, y, (wv * p.gather(1, y[:, None])[:, 0]).to(acc)),

@@ -117,19 +117,30 @@ def _backward(ctx, grad):
 ssim_sums.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _refuse_double_backward(*saved: torch.Tensor, where: str) -> None:
+    """Raise if a backward that runs kernels is asked for a graph of its own (``create_graph=True`` turns
+    grad mode on inside backward): its result would silently carry no gradient."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in saved):
+        raise RuntimeError(
+            f"{where}: the Triton kernels have no second-order gradient; use backend='torch' for "
+            "create_graph=True"
+        )
+
+
 class _TritonSums(torch.autograd.Function):
     """Eager route to the Triton kernels: ``ssim_sums`` and its backward without the custom op. With
-    ``cs_grad`` False (the caller promises that the CS sums get no gradient, as ``ssim`` does) and a
-    gradient to come, the forward also writes the backward's derivative maps, so the backward is one
-    kernel instead of two (the maps are kept in between: 16 bytes per valid output pixel)."""
+    ``fuse`` (a gradient will follow and the caller promises that the CS sums get none, as ``ssim`` does),
+    the forward also writes the backward's derivative maps, so the backward is one kernel instead of two
+    (the maps are kept in between: 16 bytes per valid output pixel). The backward is a kernel, so it has
+    no gradient of its own: a second-order gradient raises, as through the custom op."""
 
     @staticmethod
-    def forward(ctx, x, y, mask, window, c1, c2, cs_grad):
+    def forward(ctx, x, y, mask, window, c1, c2, fuse):
         from medmtl.losses import _triton_ssim
 
         ctx.params = (window, c1, c2)
         maps = None
-        if not cs_grad and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+        if fuse:
             out, maps = _triton_ssim.ssim_sums_and_maps(x, y, mask, window, c1, c2)
         else:
             out = _triton_ssim.ssim_sums(x, y, mask, window, c1, c2)
@@ -141,6 +152,7 @@ class _TritonSums(torch.autograd.Function):
         from medmtl.losses import _triton_ssim
 
         x, y, mask, maps = ctx.saved_tensors
+        _refuse_double_backward(x, y, where="ssim")
         if maps is not None:
             dx, dy = _triton_ssim.backward_from_maps(grad, maps, x, y, ctx.params[0])
         else:
@@ -153,5 +165,6 @@ def sums(x, y, mask, window, c1, c2, use_triton: bool, cs_grad: bool = True) -> 
     and nothing is being compiled, else the custom op. ``cs_grad`` False: the caller will not
     differentiate the CS sums (column 1), which lets the eager route fuse (see ``_TritonSums``)."""
     if x.is_cuda and _triton_takes(x, window, use_triton) and not torch.compiler.is_compiling():
-        return _TritonSums.apply(x, y, mask, window, c1, c2, cs_grad)
+        fuse = not cs_grad and torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
+        return _TritonSums.apply(x, y, mask, window, c1, c2, fuse)
     return torch.ops.medmtl.ssim_sums(x, y, mask, window, c1, c2, use_triton)

@@ -78,8 +78,8 @@ def ssim_per_image(
     valid pixels per image when there is no mask.
 
     The building block of ``ssim`` and ``ms_ssim``; inputs are assumed checked by ``check_pair``.
-    ``cs_grad=False`` promises that the CS sums will not be differentiated (``ssim`` drops them), which
-    lets the eager Triton route do the backward in one kernel.
+    ``cs_grad=False`` returns the CS sums detached (``ssim`` drops them), which lets the eager Triton route
+    do the backward in one kernel.
     """
     c1, c2 = ssim_constants(data_range, where)
     b, c = pred.shape[:2]
@@ -96,11 +96,13 @@ def ssim_per_image(
         cs_grad,
     ).view(b, c, 2)
     k = len(window)
+    # With cs_grad=False the CS sums come back detached: their gradient would not be computed.
+    cs = sums[..., 1] if cs_grad else sums[..., 1].detach()
     if flat is None:
         # Every pixel weighs 1: the weight is the valid-region size, a number (no tensor work).
-        return sums[..., 0], sums[..., 1], float(math.prod([s - k + 1 for s in pred.shape[2:]]))
+        return sums[..., 0], cs, float(math.prod([s - k + 1 for s in pred.shape[2:]]))
     weight = crop_valid(flat, k).flatten(1).sum(1).to(sums.dtype).view(b, c)
-    return sums[..., 0], sums[..., 1], weight
+    return sums[..., 0], cs, weight
 
 
 def weighted_mean(total: torch.Tensor, weight: torch.Tensor | float, reduction: str, where: str) -> torch.Tensor:

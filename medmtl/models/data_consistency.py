@@ -37,9 +37,9 @@ def adjoint_op(kspace: torch.Tensor, sens: torch.Tensor, mask: torch.Tensor) -> 
 class ExportTerms(NamedTuple):
     """What an exported graph computes once for every cascade's data consistency (module docstring).
 
-    lines: () bool, the mask is the same in every row. qr, qi: (B or 1, 1, W, W) the round trip along W
-    (``medmtl.fft.line_projection_matrix`` of the first row); q_diff, q_sum: qi - qr and qr + qi, the other
-    two matrices of its three-product form. sens_r, sens_i: the coil maps' parts (B, C, H, W). data_r,
+    lines: () bool, the mask is the same in every row. qr, q_diff, q_sum: (B or 1, 1, W, W) the round trip
+    along W (``medmtl.fft.line_projection_matrix`` of the first row, qr + i qi) as the three real matrices
+    of its three-product form: qr, qi - qr and qr + qi. sens_r, sens_i: the coil maps' parts (B, C, H, W). data_r,
     data_i: the parts of F^H M y for soft data consistency, F^H y for the gradient step, (B, C, H, W).
 
     The cascades work on coil images as separate real and imaginary parts: a (..., 2) pair would be split
@@ -48,7 +48,6 @@ class ExportTerms(NamedTuple):
 
     lines: torch.Tensor
     qr: torch.Tensor
-    qi: torch.Tensor
     q_diff: torch.Tensor
     q_sum: torch.Tensor
     sens_r: torch.Tensor
@@ -69,7 +68,7 @@ def export_terms(
     sens_r, sens_i = sens.unbind(-1)
     data_r, data_i = data_image.unbind(-1)
     lines = (mask == mask[:, :, :1]).all()
-    return ExportTerms(lines, qr, qi, qi - qr, qr + qi, sens_r, sens_i, data_r, data_i)
+    return ExportTerms(lines, qr, qi - qr, qr + qi, sens_r, sens_i, data_r, data_i)
 
 
 def _expand(image: torch.Tensor, terms: ExportTerms) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,14 +84,14 @@ def _reduce(xr: torch.Tensor, xi: torch.Tensor, terms: ExportTerms) -> torch.Ten
     return torch.stack((real, imag), dim=-1)
 
 
-def _round_trip_by_lines(xr, xi, mask, qr, qi, q_diff, q_sum):
+def _round_trip_by_lines(xr, xi, mask, qr, q_diff, q_sum):
     k1 = (xr + xi) @ qr  # Gauss: three real products (``medmtl.fft.complex_matmul_right``)
     k2 = xr @ q_diff
     k3 = xi @ q_sum
     return k1 - k3, k1 + k2
 
 
-def _round_trip_by_planes(xr, xi, mask, qr, qi, q_diff, q_sum):
+def _round_trip_by_planes(xr, xi, mask, qr, q_diff, q_sum):
     y = ifft2c(mask * fft2c(torch.stack((xr, xi), dim=-1)))
     return y[..., 0].contiguous(), y[..., 1].contiguous()  # the branches' outputs must match in layout too
 
@@ -102,7 +101,7 @@ def masked_round_trip(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """F^H M F of coil images given as parts (B, C, H, W) twice: one W x W product when ``terms.lines``,
     else 2D transforms."""
-    args = (xr, xi, mask, terms.qr, terms.qi, terms.q_diff, terms.q_sum)
+    args = (xr, xi, mask, terms.qr, terms.q_diff, terms.q_sum)
     return torch.cond(terms.lines, _round_trip_by_lines, _round_trip_by_planes, args)
 
 

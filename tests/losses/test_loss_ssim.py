@@ -204,3 +204,16 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(
         torch.ops.medmtl.ssim_sums_backward.default, (grad, x.detach(), y, None, w, 1e-4, 9e-4, False)
     )
+
+
+def test_cs_sums_come_back_detached_when_their_gradient_is_not_wanted():
+    """``cs_grad=False`` (what ``ssim`` passes, letting the eager Triton route fuse its backward) must not
+    hand out CS sums whose gradient would silently be zero."""
+    from medmtl.losses.ssim import ssim_per_image
+
+    x = torch.rand(1, 1, 16, 16, requires_grad=True)
+    y = torch.rand(1, 1, 16, 16)
+    w = window_weights("gaussian", 11, 1.5)
+    total, cs, _ = ssim_per_image(x, y, 1.0, w, None, "torch", "ssim", cs_grad=False)
+    assert total.requires_grad and not cs.requires_grad
+    assert ssim_per_image(x, y, 1.0, w, None, "torch", "ssim")[1].requires_grad

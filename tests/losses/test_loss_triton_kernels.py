@@ -71,13 +71,18 @@ def test_ssim_3d_with_the_default_window_matches_pytorch():
 
 
 @pytest.mark.parametrize(
-    ("shape", "size", "launch"),
-    [((2, 17, 15), 11, {"block_s": 4, "block_w": 16}), ((1, 23, 19), 11, {}), ((1, 8, 6, 10), 3, {"block_s": 4})],
+    ("shape", "size", "launch", "masked"),
+    [
+        ((2, 17, 15), 11, {"block_s": 4, "block_w": 16}, True),
+        ((1, 23, 19), 11, {}, False),
+        ((1, 8, 6, 10), 3, {"block_s": 4}, True),
+    ],
 )
-def test_fused_forward_and_maps_match_pytorch(shape, size, launch):
+def test_fused_forward_and_maps_match_pytorch(shape, size, launch, masked):
     """``ssim_sums_and_maps`` + ``backward_from_maps`` (the eager route when only the SSIM sums are
     differentiated): the forward's sums, and the gradient for an upstream gradient (g, 0)."""
     x, y, mask = _images(shape, seed=sum(shape) + 1)
+    mask = mask if masked else None
     window = window_weights("gaussian", size, 1.5)
     sums, maps = _triton_ssim.ssim_sums_and_maps(x, y, mask, window, C1, C2, **launch)
     torch.testing.assert_close(sums, _triton_ssim.ssim_sums(x, y, mask, window, C1, C2, **launch), atol=0, rtol=0)
@@ -161,11 +166,11 @@ def test_eager_autograd_functions_match_the_custom_ops():
     grad = torch.randn(2, 2, generator=torch.Generator().manual_seed(9))
     expected = torch.ops.medmtl.ssim_sums(*refs, mask, window, C1, C2, False)
     expected_grads = torch.autograd.grad(expected, refs, grad)
-    # cs_grad=False fuses the backward's first pass into the forward: exact for a gradient on column 0 only.
+    # fuse=True puts the backward's first pass into the forward: exact for a gradient on column 0 only.
     only_ssim = grad * torch.tensor([1.0, 0.0])
     expected_fused = torch.autograd.grad(torch.ops.medmtl.ssim_sums(*refs, mask, window, C1, C2, False), refs, only_ssim)
-    for cs_grad, upstream, reference in [(True, grad, expected_grads), (False, only_ssim, expected_fused)]:
-        got = _ssim_op._TritonSums.apply(*leaves, mask, window, C1, C2, cs_grad)
+    for fuse, upstream, reference in [(False, grad, expected_grads), (True, only_ssim, expected_fused)]:
+        got = _ssim_op._TritonSums.apply(*leaves, mask, window, C1, C2, fuse)
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
         for a, b in zip(torch.autograd.grad(got, leaves, upstream), reference, strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
@@ -184,3 +189,19 @@ def test_eager_autograd_functions_match_the_custom_ops():
     torch.testing.assert_close(
         torch.autograd.grad(got, z, grads)[0], torch.autograd.grad(expected, z_ref, grads)[0], atol=1e-5, rtol=0
     )
+
+
+def test_eager_functions_refuse_second_order_gradients():
+    """Their backwards are kernels: differentiating them again must raise, not drop the term silently."""
+    from medmtl.losses import _dice_op, _ssim_op
+
+    x, y, _ = _images((1, 15, 14), seed=9)
+    x.requires_grad_(True)
+    out = _ssim_op._TritonSums.apply(x, y, None, window_weights("gaussian", 11, 1.5), C1, C2, True)
+    assert torch.autograd.grad(out[:, 0].sum(), x, retain_graph=True)[0].shape == x.shape  # first order: fine
+    with pytest.raises(RuntimeError, match=r"^ssim: the Triton kernels have no second-order gradient"):
+        torch.autograd.grad(out[:, 0].sum(), x, create_graph=True)
+    z = torch.randn(1, 3, 40, requires_grad=True)
+    sums, _ = _dice_op._TritonSums.apply(z, torch.randint(0, 3, (1, 40)), None, None, "softmax", False, False)
+    with pytest.raises(RuntimeError, match=r"^dice: the Triton kernels have no second-order gradient"):
+        torch.autograd.grad(sums.sum(), z, create_graph=True)
