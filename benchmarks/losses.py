@@ -90,19 +90,24 @@ def _fwd_bwd(loss: Callable[[torch.Tensor], torch.Tensor], pred: torch.Tensor) -
     return lambda: torch.autograd.grad(loss(leaf), leaf)
 
 
-def _graphed(loss: Callable[[torch.Tensor], torch.Tensor], pred: torch.Tensor) -> Callable[[], object]:
-    """The same call captured once in a CUDA graph; returns its replay."""
-    leaf = pred.detach().clone().requires_grad_(True)
+def _captured(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` captured once in a CUDA graph, after warm-up calls on a side stream (which also compile the
+    kernels); returns the graph's replay."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
-            torch.autograd.grad(loss(leaf), leaf)
+            fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        torch.autograd.grad(loss(leaf), leaf)
+        fn()
     return graph.replay
+
+
+def _graphed(loss: Callable[[torch.Tensor], torch.Tensor], pred: torch.Tensor) -> Callable[[], object]:
+    """The same call as ``_fwd_bwd`` captured once in a CUDA graph; returns its replay."""
+    return _captured(_fwd_bwd(loss, pred))
 
 
 RUNS_ASKED = [50]  # --runs, for marking rows that the time budget cut short
@@ -226,22 +231,8 @@ def _show(result: float | str) -> str:
 
 
 def _graph_ms(time_ms, fn) -> float | str:
-    """GPU time of ``fn`` alone: captured once in a CUDA graph (after a warm-up that compiles the
-    kernels), then its replays timed."""
-
-    def replay():
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        return graph.replay
-
-    return _attempt(time_ms, replay)
+    """GPU time of ``fn`` alone: its replays from a CUDA graph, timed (or why that failed)."""
+    return _attempt(time_ms, _captured, fn)
 
 
 def _ssim_kernels(case: str, sizes, device):

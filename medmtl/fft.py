@@ -85,8 +85,7 @@ def dft2c_matmul(x: torch.Tensor, inverse: bool) -> torch.Tensor:
     # Each complex product in three real ones (Gauss) rather than four.
     # Along W: X F_W (F_W symmetric, so no transpose).
     fr, fi = centred_dft_matrix(w, inverse, x.dtype, x.device)
-    k1, k2, k3 = (re + im) @ fr, re @ (fi - fr), im @ (fr + fi)
-    re, im = k1 - k3, k1 + k2
+    re, im = complex_matmul_right(re, im, fr, fi - fr, fr + fi)
     # Along H: F_H X.
     fr, fi = centred_dft_matrix(h, inverse, x.dtype, x.device)
     k1, k2, k3 = fr @ (re + im), (fi - fr) @ re, (fr + fi) @ im
@@ -109,11 +108,11 @@ def line_projection_matrix(weights: torch.Tensor, dtype: torch.dtype) -> tuple[t
     return qr.to(dtype), qi.to(dtype)
 
 
-def complex_matmul_right(x: torch.Tensor, qr: torch.Tensor, qi: torch.Tensor) -> torch.Tensor:
-    """x (..., H, W, 2) times the complex matrix (qr, qi) (..., W, W) along W: (..., H, W, 2). Three real
-    products instead of four (Gauss)."""
-    xr, xi = x[..., 0], x[..., 1]
+def complex_matmul_right(
+    xr: torch.Tensor, xi: torch.Tensor, qr: torch.Tensor, q_diff: torch.Tensor, q_sum: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(xr + i xi) (..., H, W) times the complex matrix qr + i qi (..., W, W) along W, as (real, imag) parts,
+    in three real products instead of four (Gauss). The matrix comes as qr, q_diff = qi - qr and
+    q_sum = qr + qi, so a caller that applies it many times forms the two sums once."""
     k1 = (xr + xi) @ qr
-    k2 = xr @ (qi - qr)
-    k3 = xi @ (qr + qi)
-    return torch.stack((k1 - k3, k1 + k2), dim=-1)
+    return k1 - xi @ q_sum, k1 + xr @ q_diff

@@ -98,5 +98,6 @@ def test_a_line_mask_round_trip_is_one_product_along_w(h, w):
     expected = _numpy_ifft2c(m * _numpy_fft2c(z))
     qr, qi = line_projection_matrix(torch.from_numpy(m[:, 0, 0]), torch.float64)
     x = torch.from_numpy(np.stack([z.real, z.imag], -1))
-    got = complex_matmul_right(x, qr[:, None], qi[:, None])
+    qr, qi = qr[:, None], qi[:, None]
+    got = torch.stack(complex_matmul_right(x[..., 0], x[..., 1], qr, qi - qr, qr + qi), dim=-1)
     np.testing.assert_allclose(_complex(got), expected, atol=1e-12, rtol=0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from medmtl.losses import _dice_torch
-from medmtl.losses._ssim_op import _refuse_double_backward
+from medmtl.losses.dispatch import refuse_double_backward
 
 
 def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -25,6 +25,10 @@ def _compute(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     if t is None or not t.is_floating_point():
         return t
     return t.to(_sum_dtype(like.dtype))
+
+
+def _triton_takes(logits: torch.Tensor, use_triton: bool) -> bool:
+    return use_triton and logits.dtype != torch.float64
 
 
 def _forward_torch(logits, target, weight, class_weight, activation, squared, with_ce):
@@ -61,7 +65,7 @@ def dice_sums(
 
 @dice_sums.register_kernel("cuda")
 def _dice_sums_cuda(logits, target, weight, class_weight, activation, squared, with_ce, use_triton):
-    if use_triton and logits.dtype != torch.float64:
+    if _triton_takes(logits, use_triton):
         from medmtl.losses import _triton_dice
 
         return _triton_dice.dice_sums(logits, target, weight, class_weight, activation, squared, with_ce)
@@ -96,7 +100,7 @@ def dice_sums_backward(
 def _dice_sums_backward_cuda(
     grad_sums, grad_ce, logits, target, weight, class_weight, activation, squared, with_ce, use_triton
 ):
-    if use_triton and logits.dtype != torch.float64:
+    if _triton_takes(logits, use_triton):
         from medmtl.losses import _triton_dice
 
         return _triton_dice.dice_sums_backward(
@@ -143,7 +147,7 @@ class _TritonSums(torch.autograd.Function):
         from medmtl.losses import _triton_dice
 
         logits, target, weight, class_weight = ctx.saved_tensors
-        _refuse_double_backward(logits, where="dice")  # a kernel: no second-order gradient
+        refuse_double_backward(logits, where="dice")  # a kernel: no second-order gradient
         dz = _triton_dice.dice_sums_backward(grad_sums, grad_ce, logits, target, weight, class_weight, *ctx.params)
         return dz, None, None, None, None, None, None
 
@@ -151,6 +155,6 @@ class _TritonSums(torch.autograd.Function):
 def sums(logits, target, weight, class_weight, activation, squared, with_ce, use_triton: bool):
     """``dice_sums`` through the cheapest route: the eager Triton function when Triton takes the call
     and nothing is being compiled, else the custom op."""
-    if use_triton and logits.is_cuda and logits.dtype != torch.float64 and not torch.compiler.is_compiling():
+    if logits.is_cuda and _triton_takes(logits, use_triton) and not torch.compiler.is_compiling():
         return _TritonSums.apply(logits, target, weight, class_weight, activation, squared, with_ce)
     return torch.ops.medmtl.dice_sums(logits, target, weight, class_weight, activation, squared, with_ce, use_triton)

@@ -20,6 +20,7 @@ import torch
 
 from medmtl.losses import _ssim_torch
 from medmtl.losses._window import TRITON_TAPS
+from medmtl.losses.dispatch import refuse_double_backward
 
 
 def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -117,16 +118,6 @@ def _backward(ctx, grad):
 ssim_sums.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _refuse_double_backward(*saved: torch.Tensor, where: str) -> None:
-    """Raise if a backward that runs kernels is asked for a graph of its own (``create_graph=True`` turns
-    grad mode on inside backward): its result would silently carry no gradient."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in saved):
-        raise RuntimeError(
-            f"{where}: the Triton kernels have no second-order gradient; use backend='torch' for "
-            "create_graph=True"
-        )
-
-
 class _TritonSums(torch.autograd.Function):
     """Eager route to the Triton kernels: ``ssim_sums`` and its backward without the custom op. With
     ``fuse`` (a gradient will follow and the caller promises that the CS sums get none, as ``ssim`` does),
@@ -152,7 +143,7 @@ class _TritonSums(torch.autograd.Function):
         from medmtl.losses import _triton_ssim
 
         x, y, mask, maps = ctx.saved_tensors
-        _refuse_double_backward(x, y, where="ssim")
+        refuse_double_backward(x, y, where="ssim")
         if maps is not None:
             dx, dy = _triton_ssim.backward_from_maps(grad, maps, x, y, ctx.params[0])
         else:

@@ -49,6 +49,17 @@ def _import_triton() -> bool:
     return True
 
 
+def refuse_double_backward(*saved: torch.Tensor | None, where: str) -> None:
+    """For the eager Triton routes' backwards (kernels, with no gradient of their own): raise if asked for a
+    graph of their own (``create_graph=True`` turns grad mode on inside backward), where the result would
+    silently carry no second-order gradient."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in saved):
+        raise RuntimeError(
+            f"{where}: the Triton kernels have no second-order gradient; use backend='torch' for "
+            "create_graph=True"
+        )
+
+
 def requested_backend(backend: str | None) -> str:
     """The backend asked for: the argument if given, else ``$MEDMTL_LOSS_BACKEND``, else ``auto``."""
     if backend is not None:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from medmtl.cplx import sense_expand, sense_reduce
-from medmtl.fft import fft2c, ifft2c, line_projection_matrix
+from medmtl.fft import complex_matmul_right, fft2c, ifft2c, line_projection_matrix
 
 
 def forward_op(image: torch.Tensor, sens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -85,10 +85,7 @@ def _reduce(xr: torch.Tensor, xi: torch.Tensor, terms: ExportTerms) -> torch.Ten
 
 
 def _round_trip_by_lines(xr, xi, mask, qr, q_diff, q_sum):
-    k1 = (xr + xi) @ qr  # Gauss: three real products (``medmtl.fft.complex_matmul_right``)
-    k2 = xr @ q_diff
-    k3 = xi @ q_sum
-    return k1 - k3, k1 + k2
+    return complex_matmul_right(xr, xi, qr, q_diff, q_sum)
 
 
 def _round_trip_by_planes(xr, xi, mask, qr, q_diff, q_sum):

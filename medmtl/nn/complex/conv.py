@@ -86,27 +86,25 @@ def _block(x, weight, bias, op: _Bilinear, groups: int, transposed: bool) -> tor
     return from_stacked(y, groups)
 
 
-def _gauss(x, weight, bias, op: _Bilinear) -> torch.Tensor:
-    xr, xi = x.unbind(-1)
+def _gauss_parts(xr, xi, weight, bias, op: _Bilinear) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss's three convolutions on the input's parts -> the output's (real, imag) parts."""
     wr, wi = weight.unbind(-1)
     br, bi = (None, None) if bias is None else (-bias[:, 0], bias[:, 1])
     k1 = op(xr + xi, wr, None)
     k2 = op(xi, wr + wi, br)  # carries -br so that real = k1 - k2 gains +br
     k3 = op(xr, wi - wr, bi)
-    return torch.stack((k1 - k2, k1 + k3), dim=-1)
+    return k1 - k2, k1 + k3
+
+
+def _gauss(x, weight, bias, op: _Bilinear) -> torch.Tensor:
+    return torch.stack(_gauss_parts(*x.unbind(-1), weight, bias, op), dim=-1)
 
 
 def _gauss_stacked(x, weight, bias, op: _Bilinear) -> torch.Tensor:
     """``_gauss`` on the stacked layout (B, 2C, *S) of one group: the parts are channel halves, so no
     copies to split them and one channel concatenation to join them."""
     c = x.shape[1] // 2
-    xr, xi = x[:, :c], x[:, c:]
-    wr, wi = weight.unbind(-1)
-    br, bi = (None, None) if bias is None else (-bias[:, 0], bias[:, 1])
-    k1 = op(xr + xi, wr, None)
-    k2 = op(xi, wr + wi, br)
-    k3 = op(xr, wi - wr, bi)
-    return torch.cat((k1 - k2, k1 + k3), dim=1)
+    return torch.cat(_gauss_parts(x[:, :c], x[:, c:], weight, bias, op), dim=1)
 
 
 _REAL_OPS: dict[tuple[int, bool], Callable[..., torch.Tensor]] = {
