@@ -11,6 +11,9 @@ anchor-free and CenterNet-style (Zhou et al. 2019) on the trunk's stride-4 map (
   pixels and the sub-pixel centre offset, both regressed at the lesion centres (L1 + GIoU). Anchor-free: no
   anchor sizes, ratios or matching thresholds to tune for lesions from 3 to 300 pixels;
 - tags: T logits per cell, supervised at the lesion centres with MULAN's weighted BCE and hard-example mining;
+  with ``tag_pooling="cell"`` from the cell's features (CenterNet's head), with ``"box"`` from the cell's
+  features and the mean features over the core, shell and surround of the box the detection head predicts
+  there (``medmtl.models.lesion_tag_head``: MULAN's RoI features, kept dense);
 - masks: one full-resolution lesion-foreground logit map (a small decoder over the stride-2 and stride-1
   features; Dice + BCE against the union of the instance masks); a detection's mask is that map inside its
   box (``medmtl.models.lesion_decode``);
@@ -47,6 +50,7 @@ from medmtl.keys import Keys
 from medmtl.losses import dice_ce_loss
 from medmtl.models.lesion_decode import STRIDE, LesionTargets, encode_targets
 from medmtl.models.lesion_losses import DEFAULT_NEGATIVE_RATIO, box_loss, centre_focal_loss, tag_loss
+from medmtl.models.lesion_tag_head import BoxPooledTagHead
 from medmtl.models.lesion_trunk import (
     DEFAULT_FUSE_FROM,
     DEFAULT_WIDTHS,
@@ -60,6 +64,7 @@ from medmtl.transforms.context import DEFAULT_INTERVAL_MM, DEFAULT_NUM_SLICES, c
 
 TASKS = ("det", "tag", "mask", "refine")
 POSITIONS = ("array", "patient")
+TAG_POOLINGS = ("cell", "box")
 
 
 def reads_patient_frame(tasks: Sequence[str], refine_position: str) -> bool:
@@ -123,6 +128,9 @@ class LesionNet(nn.Module):
             per-volume 0.5-99.5 percentile scaling (``medmtl.data.lesion_dataset.intensity_range``).
         refine_position: what position the refinement reads: ``"array"`` (normalised array and slice
             position, MULAN's) or ``"patient"`` (the patient frame; see the module docstring).
+        tag_pooling: what the tag head reads: ``"cell"`` (the cell's features) or ``"box"`` (also the means
+            over its predicted box's regions, ``medmtl.models.lesion_tag_head.BoxPooledTagHead``).
+        tag_chans: channels of the box-pooled features (``"box"`` only).
 
     ``num_slices``, ``interval_mm``, ``window``, ``num_clinical`` and ``refine_position`` are the network's input
     contract: the training data, the
@@ -145,6 +153,8 @@ class LesionNet(nn.Module):
         interval_mm: float = DEFAULT_INTERVAL_MM,
         window: Sequence[float] | None = None,
         refine_position: str = "array",
+        tag_pooling: str = "cell",
+        tag_chans: int = 16,
     ):
         super().__init__()
         tasks = tuple(tasks)
@@ -167,6 +177,13 @@ class LesionNet(nn.Module):
         if refine_position not in POSITIONS:
             raise ConfigError("refine_position", f"{refine_position!r}; choose from {', '.join(POSITIONS)}")
         self.refine_position = refine_position
+        if tag_pooling not in TAG_POOLINGS or tag_chans < 1:
+            raise ConfigError(
+                "tag_pooling",
+                f"{tag_pooling!r} with tag_chans {tag_chans}; choose from {', '.join(TAG_POOLINGS)}, "
+                "tag_chans >= 1",
+            )
+        self.tag_pooling = tag_pooling
         if window is not None and not (len(window) == 2 and float(window[0]) < float(window[1])):
             raise ConfigError("window", f"must be (low, high) with low < high, or null, got {window}")
         if tag_names is None:
@@ -188,7 +205,11 @@ class LesionNet(nn.Module):
         self.offset_head = dense_head(chans, 2, bias=0.5)
         pos_weight = None
         if "tag" in self._tasks:
-            self.tag_head = dense_head(chans, num_tags)
+            self.tag_head = (
+                dense_head(chans, num_tags)
+                if tag_pooling == "cell"
+                else BoxPooledTagHead(chans, self.trunk.widths[0], num_tags, tag_chans)
+            )
             if tag_pos_weight is not None:
                 pos_weight = torch.as_tensor(tag_pos_weight, dtype=torch.float32).flatten()
                 if pos_weight.numel() != num_tags or not bool((pos_weight > 0).all()):
@@ -245,7 +266,12 @@ class LesionNet(nn.Module):
         heatmap, size, offset = (
             crop_to(head(x), h, w) for head in (self.heatmap_head, self.size_head, self.offset_head)
         )
-        tags = crop_to(self.tag_head(x), h, w) if "tag" in self._tasks else None
+        tags = None
+        if "tag" in self._tasks:
+            if self.tag_pooling == "box":
+                tags = self.tag_head(x, features.stride2, size, offset, STRIDE)
+            else:
+                tags = crop_to(self.tag_head(x), h, w)
         mask = None
         if "mask" in self._tasks:
             m = self.mask_mid(upsample2(self.mask_in(x)) + features.stride2)

@@ -43,10 +43,11 @@ def _batch(samples, tags) -> dict:
     }
 
 
+@pytest.mark.parametrize("tag_pooling", ["cell", "box"])
 @pytest.mark.parametrize(("height", "width"), [(33, 47), (48, 48), (17, 20), (5, 3)])
-def test_output_shapes_at_odd_sizes(height, width):
+def test_output_shapes_at_odd_sizes(height, width, tag_pooling):
     torch.manual_seed(0)
-    net = LesionNet(**{**TINY, "widths": (4, 8, 8)}).eval()
+    net = LesionNet(**{**TINY, "widths": (4, 8, 8)}, tag_pooling=tag_pooling).eval()
     with torch.no_grad():
         out = net(torch.rand(2, 9, height, width), torch.tensor([0.1, 0.9]))
     h, w = math.ceil(height / 4), math.ceil(width / 4)
@@ -204,12 +205,13 @@ def test_refinement_starts_as_the_identity_and_trains_only_itself():
     assert with_grad == {"refiner"}
 
 
-def test_a_tiny_network_overfits_two_images():
+@pytest.mark.parametrize("tag_pooling", ["cell", "box"])
+def test_a_tiny_network_overfits_two_images(tag_pooling):
     torch.manual_seed(0)
     samples = [_disc_sample(48, 48, (14, 30), 6, seed=0), _disc_sample(48, 48, (33, 12), 8, seed=1)]
     tags = [torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([[0.0, 1.0, 1.0]])]
     batch = _batch(samples, tags)
-    net = LesionNet(**{**TINY, "widths": (4, 8, 16), "refine_hidden": 8})
+    net = LesionNet(**{**TINY, "widths": (4, 8, 16), "refine_hidden": 8}, tag_pooling=tag_pooling)
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
     history = []
     for _ in range(25):
