@@ -152,7 +152,8 @@ def test_a_refinement_on_patient_positions_takes_the_frame(tmp_path, tag_pooling
     moved = frame.clone()
     moved[:, 0, 2] += 80.0  # 8 cm to the right: the refinement reads it, the raw heads do not
     a, b = onnx_net(context, position, clinical, frame), onnx_net(context, position, clinical, moved)
-    torch.testing.assert_close(a.heatmap, b.heatmap) and torch.testing.assert_close(a.tags, b.tags)
+    torch.testing.assert_close(a.heatmap, b.heatmap)
+    torch.testing.assert_close(a.tags, b.tags)
     assert not torch.allclose(a.refined_tags, b.refined_tags)
     with pytest.raises(InputError, match=r"patient_frame: the score refinement needs \(2, 3, 3\)"):
         onnx_net(context, position, clinical)

@@ -50,7 +50,7 @@ from medmtl.keys import Keys
 from medmtl.losses import dice_ce_loss
 from medmtl.models.lesion_decode import STRIDE, LesionTargets, encode_targets
 from medmtl.models.lesion_losses import DEFAULT_NEGATIVE_RATIO, box_loss, centre_focal_loss, tag_loss
-from medmtl.models.lesion_tag_head import BoxPooledTagHead
+from medmtl.models.lesion_tag_head import DEFAULT_POOLED_CHANS, BoxPooledTagHead
 from medmtl.models.lesion_trunk import (
     DEFAULT_FUSE_FROM,
     DEFAULT_WIDTHS,
@@ -154,7 +154,7 @@ class LesionNet(nn.Module):
         window: Sequence[float] | None = None,
         refine_position: str = "array",
         tag_pooling: str = "cell",
-        tag_chans: int = 16,
+        tag_chans: int = DEFAULT_POOLED_CHANS,
     ):
         super().__init__()
         tasks = tuple(tasks)
@@ -177,12 +177,10 @@ class LesionNet(nn.Module):
         if refine_position not in POSITIONS:
             raise ConfigError("refine_position", f"{refine_position!r}; choose from {', '.join(POSITIONS)}")
         self.refine_position = refine_position
-        if tag_pooling not in TAG_POOLINGS or tag_chans < 1:
-            raise ConfigError(
-                "tag_pooling",
-                f"{tag_pooling!r} with tag_chans {tag_chans}; choose from {', '.join(TAG_POOLINGS)}, "
-                "tag_chans >= 1",
-            )
+        if tag_pooling not in TAG_POOLINGS:
+            raise ConfigError("tag_pooling", f"{tag_pooling!r}; choose from {', '.join(TAG_POOLINGS)}")
+        if tag_chans < 1:
+            raise ConfigError("tag_chans", f"must be at least 1, got {tag_chans}")
         self.tag_pooling = tag_pooling
         if window is not None and not (len(window) == 2 and float(window[0]) < float(window[1])):
             raise ConfigError("window", f"must be (low, high) with low < high, or null, got {window}")
@@ -269,7 +267,9 @@ class LesionNet(nn.Module):
         tags = None
         if "tag" in self._tasks:
             if self.tag_pooling == "box":
-                tags = self.tag_head(x, features.stride2, size, offset, STRIDE)
+                # The stride-2 map of the input's pixels, without the padding: boxes clip to the image.
+                stride2 = crop_to(features.stride2, (height + 1) // 2, (width + 1) // 2)
+                tags = self.tag_head(x, stride2, size, offset)
             else:
                 tags = crop_to(self.tag_head(x), h, w)
         mask = None

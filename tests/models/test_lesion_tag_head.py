@@ -1,5 +1,6 @@
-"""The box-pooled tag head: region means from integral images against a brute-force mean over the same
-pixels, their gradients, and that the tag loss does not move the boxes it pools over."""
+"""The box-pooled tag head: area-weighted region means from integral images against a brute-force mean on a
+finer grid, their gradients, the box each cell pools over, half-precision geometry, and that the tag loss
+does not move the boxes it pools over."""
 
 from __future__ import annotations
 
@@ -8,66 +9,109 @@ import math
 import pytest
 import torch
 
+from medmtl.errors import ConfigError
 from medmtl.keys import Keys
 from medmtl.models.lesion_net import LesionNet
 from medmtl.models.lesion_tag_head import BoxPooledTagHead, region_means
 
+FINE = 8  # sub-pixels per pixel of the brute force: box edges on a 1/8 grid are exact there
 
-def _pixels(centre, extent, scale, height, width) -> torch.Tensor:
-    """(H, W) bool: the pixels a box of ``extent`` x ``scale`` around ``centre`` covers, rounded outwards,
-    clipped to the map, at least one pixel wide (the rule ``box_sums`` documents)."""
-    lo = [math.floor(c - e * scale / 2) for c, e in zip(centre, extent)]
-    hi = [math.ceil(c + e * scale / 2) for c, e in zip(centre, extent)]
-    y0, x0 = min(max(lo[0], 0), height - 1), min(max(lo[1], 0), width - 1)
-    y1, x1 = max(min(hi[0], height), y0 + 1), max(min(hi[1], width), x0 + 1)
-    inside = torch.zeros(height, width, dtype=torch.bool)
-    inside[y0:y1, x0:x1] = True
-    return inside
+
+def _brute_means(features, centre, extent, height, width):
+    """Core, shell and surround means of (C, H, W) features by counting sub-pixels of an 8x finer grid."""
+    fine = features.repeat_interleave(FINE, 1).repeat_interleave(FINE, 2).double()
+
+    def covered(scale):
+        inside = torch.zeros(height * FINE, width * FINE, dtype=torch.bool)
+        lo = [round((c - e * scale / 2) * FINE) for c, e in zip(centre, extent)]
+        hi = [round((c + e * scale / 2) * FINE) for c, e in zip(centre, extent)]
+        inside[max(lo[0], 0) : max(hi[0], 0), max(lo[1], 0) : max(hi[1], 0)] = True
+        return inside
+
+    core, box, outer = covered(0.5), covered(1.0), covered(2.0)
+    return [
+        fine[:, region].mean(1) if region.any() else torch.zeros(len(features), dtype=torch.float64)
+        for region in (core, box & ~core, outer & ~box)
+    ]
 
 
 def test_region_means_match_a_brute_force_mean():
     torch.manual_seed(0)
     b, c, height, width, n = 2, 3, 13, 17, 40
     features = torch.randn(b, c, height, width)
-    # Centres anywhere on the map and a little outside it, extents from under a pixel to beyond the map.
-    centres = torch.rand(b, 2, n) * torch.tensor([height + 4.0, width + 4.0])[None, :, None] - 2
-    extents = torch.exp(torch.rand(b, 2, n) * math.log(40)) * 0.5
+    # Centres on a 1/8 grid, on and a little off the map, and extents on a 1/2 grid from half a pixel to
+    # beyond the map: every region's edge (centre -/+ extent x 1/4, 1/2 or 1) lies on the 1/8 grid.
+    centres = (torch.rand(b, 2, n) * torch.tensor([height + 4.0, width + 4.0])[None, :, None] - 2) * 8
+    extents = (torch.exp(torch.rand(b, 2, n) * math.log(60)) * 2).round().clamp_min(1)
+    centres, extents = centres.round() / 8, extents / 2
     means = region_means(features, centres, extents)
     assert means.shape == (b, 3 * c, n) and means.dtype == features.dtype
     for i in range(b):
         for k in range(n):
-            box = [_pixels(centres[i, :, k].tolist(), extents[i, :, k].tolist(), s, height, width) for s in (0.5, 1, 2)]
-            regions = (box[0], box[1] & ~box[0], box[2] & ~box[1])
-            for r, region in enumerate(regions):
-                want = features[i][:, region].mean(1) if region.any() else torch.zeros(c)
-                torch.testing.assert_close(means[i, r * c : (r + 1) * c, k], want, atol=1e-6, rtol=1e-6)
+            want = _brute_means(features[i], centres[i, :, k].tolist(), extents[i, :, k].tolist(), height, width)
+            for r in range(3):
+                torch.testing.assert_close(
+                    means[i, r * c : (r + 1) * c, k].double(), want[r], atol=2e-6, rtol=1e-5
+                )
 
 
-def test_region_means_are_differentiable_in_the_features():
+def test_region_means_are_continuous_and_differentiable():
     torch.manual_seed(1)
     features = torch.randn(1, 2, 9, 11, dtype=torch.float64, requires_grad=True)
     centres = torch.tensor([[[4.2, 1.0, 7.5], [5.1, 9.9, 2.0]]], dtype=torch.float64)
     extents = torch.tensor([[[3.0, 1.5, 6.0], [4.4, 2.0, 2.5]]], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda f: region_means(f, centres, extents), (features,))
+    # A box edge crossing a pixel boundary moves the means by as little as it moves the edge.
+    nudge = region_means(features, centres, extents + 1e-6) - region_means(features, centres, extents)
+    assert nudge.abs().max() < 1e-4
 
 
-def test_the_head_reads_the_predicted_box():
-    """A change inside a cell's predicted surround moves its tags; one outside it only through the
-    normalisation's statistics over the whole map, an order of magnitude less."""
+def _exact_head(chans=4, fine_chans=3):
+    """A head whose pooled map is the stride-2 input itself (no lateral, no convolution)."""
     torch.manual_seed(2)
-    head = BoxPooledTagHead(chans=4, fine_chans=3, num_tags=2).eval()
-    stride4, stride2 = torch.randn(1, 4, 32, 32), torch.randn(1, 3, 64, 64)
-    size = torch.full((1, 2, 32, 32), math.log(8.0))  # 8 x 8 input pixels: 4 x 4 stride-2 pixels
-    offset = torch.full((1, 2, 32, 32), 0.5)
+    head = BoxPooledTagHead(chans, fine_chans, num_tags=2, pooled_chans=fine_chans).eval()
+    head.fine = torch.nn.Identity()
+    torch.nn.init.zeros_(head.lateral.weight)
+    torch.nn.init.zeros_(head.lateral.bias)
+    return head
+
+
+def test_each_cell_pools_over_its_predicted_box():
+    """Cell (u, v) with offset (a, b) and log size (s, t) pools over the box centred on input pixel
+    (4 (u + a), 4 (v + b)), sized (e^s, e^t) input pixels: halved on the stride-2 map."""
+    head = _exact_head()
+    stride4, stride2 = torch.randn(1, 4, 6, 7), torch.randn(1, 3, 12, 14)
+    size = torch.stack((torch.full((6, 7), math.log(6.0)), torch.full((6, 7), math.log(10.0))))[None]
+    offset = torch.stack((torch.full((6, 7), 0.25), torch.full((6, 7), 0.75)))[None]
     with torch.no_grad():
-        base = head(stride4, stride2, size, offset, stride=4)
-        # Cell (1, 1) is centred on input pixel 6, stride-2 pixel 3: its 2x box spans stride-2 pixels -1 .. 7.
-        near, far = stride2.clone(), stride2.clone()
-        near[..., 3, 3] += 5.0  # in its core (stride-2 pixels 2 .. 3)
-        far[..., 40, 40] += 5.0
-        moved_near = (head(stride4, near, size, offset, stride=4) - base)[..., 1, 1].abs().max()
-        moved_far = (head(stride4, far, size, offset, stride=4) - base)[..., 1, 1].abs().max()
-    assert moved_near > 10 * moved_far
+        pooled = head.pooled(stride4, stride2, size, offset)[:, 4:]  # after the cell's 4 channels
+        u, v = 2, 3
+        centre = torch.tensor([[[4 * (u + 0.25) / 2], [4 * (v + 0.75) / 2]]])
+        want = region_means(stride2, centre, torch.tensor([[[3.0], [5.0]]]))
+        torch.testing.assert_close(pooled[:, :, u, v], want[:, :, 0])
+        # A pixel just outside the surround (rows 1.5 .. 7.5, columns 2 .. 12 of the stride-2 map) does not
+        # count; one just inside does.
+        outside, inside = stride2.clone(), stride2.clone()
+        outside[..., 8, 7] += 5.0
+        inside[..., 7, 7] += 5.0
+        moved_out = head.pooled(stride4, outside, size, offset)[:, 4:, u, v] - pooled[:, :, u, v]
+        moved_in = head.pooled(stride4, inside, size, offset)[:, 4:, u, v] - pooled[:, :, u, v]
+    assert moved_out.abs().max() < 1e-6 and moved_in.abs().max() > 0.01
+
+
+def test_half_precision_box_geometry_matches_float32():
+    """Float16 sizes and offsets on a large map: the geometry is done in float32, so pixel indices beyond
+    2048 do not round."""
+    head = _exact_head()
+    torch.manual_seed(3)
+    h = w = 64  # a 256 x 256 input: 128 x 128 stride-2 pixels, flat indices up to 16641
+    stride4, stride2 = torch.randn(1, 4, h, w), torch.randn(1, 3, 2 * h, 2 * w)
+    size = (torch.rand(1, 2, h, w) * 3).half()
+    offset = torch.rand(1, 2, h, w).half()
+    with torch.no_grad():
+        half = head.pooled(stride4, stride2, size, offset)
+        full = head.pooled(stride4, stride2, size.float(), offset.float())
+    torch.testing.assert_close(half, full)
 
 
 def test_the_tag_loss_does_not_move_the_boxes():
@@ -81,13 +125,24 @@ def test_the_tag_loss_does_not_move_the_boxes():
     }
     net.compute_losses(net(context), batch)["tag"].backward()
     for head in (net.size_head, net.offset_head, net.heatmap_head):
-        assert all(p.grad is None or not p.grad.any() for p in head.parameters())
+        assert all(p.grad is None for p in head.parameters())
     assert all(p.grad is not None and p.grad.any() for p in net.tag_head.classify.parameters())
 
 
-@pytest.mark.parametrize("kwargs", [{"tag_pooling": "roi"}, {"tag_pooling": "box", "tag_chans": 0}])
-def test_bad_tag_pooling_is_refused(kwargs):
-    from medmtl.errors import ConfigError
+def test_the_pooled_map_is_the_image_without_padding(monkeypatch):
+    """LesionNet pads its input for the trunk; the boxes must clip to the image, not the padded map."""
+    import medmtl.models.lesion_tag_head as tag_head
 
-    with pytest.raises(ConfigError, match="tag_pooling"):
-        LesionNet(num_tags=3, widths=(4, 8), **kwargs)
+    seen = []
+    real = tag_head.region_means
+    monkeypatch.setattr(tag_head, "region_means", lambda f, c, e: seen.append(f.shape) or real(f, c, e))
+    net = LesionNet(num_tags=3, widths=(4, 8, 8), tag_pooling="box").eval()
+    with torch.no_grad():
+        net(torch.rand(1, 9, 33, 47), torch.tensor([0.5]))
+    assert seen and seen[0][-2:] == (17, 24)
+
+
+@pytest.mark.parametrize(("kwargs", "key"), [({"tag_pooling": "roi"}, "tag_pooling"), ({"tag_chans": 0}, "tag_chans")])
+def test_bad_tag_pooling_is_refused(kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        LesionNet(num_tags=3, widths=(4, 8), **{"tag_pooling": "box", **kwargs})
