@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from lesion_sizes import lesion_options
+from lesion_sizes import REPO, lesion_options
 from scipy.spatial import ConvexHull, QhullError
 from skimage.measure import regionprops
 
@@ -24,7 +24,6 @@ from medmtl.data.lesion_data import lesion_volumes
 from medmtl.data.lesion_sim import TAG_NAMES
 from medmtl.metrics.tag_metrics import tag_auc
 
-REPO = Path(__file__).resolve().parents[1]
 _CORNERS = np.array(np.meshgrid(*[[-0.5, 0.5]] * 3, indexing="ij")).reshape(3, -1).T  # (8, 3)
 
 

@@ -35,6 +35,9 @@ GAUSSIAN_ALPHA = 0.54
 MIN_SIGMA_CELLS = 1 / 6
 # Boxes are at least one pixel along each axis, as a box drawn around a mask is.
 MIN_SIZE_PX = 1.0
+# Log box extents that training reads from the size head (GIoU, the box-pooled tags): boxes of 1 to 4096
+# pixels, so an early, wild log size stays a finite box (exp would overflow).
+LOG_SIZE_RANGE = (0.0, math.log(4096))
 
 
 class LesionTargets(NamedTuple):

@@ -13,15 +13,13 @@ import torch
 import torch.nn.functional as F
 from monai.data.box_utils import box_pair_giou
 
-from medmtl.models.lesion_decode import decode_boxes
+from medmtl.models.lesion_decode import LOG_SIZE_RANGE, decode_boxes
 
 # CenterNet's exponents: alpha focuses on badly classified cells, beta softens negatives near a centre.
 FOCAL_ALPHA = 2.0
 FOCAL_BETA = 4.0
 # Hardest negative tags kept per positive tag of a lesion (SSD's 3 : 1 balance of negatives to positives).
 DEFAULT_NEGATIVE_RATIO = 3.0
-# GIoU sees boxes of 1 to 4096 pixels: an early, wild log size would overflow exp (the L1 term still pulls it).
-_LOG_SIZE_RANGE = (0.0, math.log(4096))
 
 
 def centre_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -54,7 +52,7 @@ def box_loss(
     if len(cells) == 0:
         return (size.sum() + offset.sum()) * 0
     l1 = (size - target_size).abs().sum(1).mean() + (offset - target_offset).abs().sum(1).mean()
-    boxes = decode_boxes(cells, size.clamp(*_LOG_SIZE_RANGE), offset, width, stride)
+    boxes = decode_boxes(cells, size.clamp(*LOG_SIZE_RANGE), offset, width, stride)
     return l1 + (1 - box_pair_giou(boxes, target_boxes)).mean()
 
 

@@ -25,12 +25,10 @@ float16 a flat pixel index above 2048 would round, and a large map's total would
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from medmtl.models.lesion_decode import STRIDE
+from medmtl.models.lesion_decode import LOG_SIZE_RANGE, STRIDE
 from medmtl.models.lesion_trunk import conv_norm_act, upsample2
 from medmtl.models.unet import crop_to
 
@@ -38,8 +36,6 @@ from medmtl.models.unet import crop_to
 CORE_SCALE, SURROUND_SCALE = 0.5, 2.0
 REGIONS = ("core", "shell", "surround")
 DEFAULT_POOLED_CHANS = 16
-# Log box extents pooled over, in input pixels: an early, wild size prediction stays a finite box.
-LOG_SIZE_RANGE = (0.0, math.log(4096))
 # A region whose area on the map is below this (in pixels; clipped away at the border) has mean zero.
 _MIN_AREA = 1e-3
 
