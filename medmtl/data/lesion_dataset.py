@@ -16,7 +16,8 @@ A sample holds (``medmtl.keys``; N lesions on the slice, T = ``len(volume.tag_na
   maps it to [0, 1] (a CT window in HU, e.g. (-1024, 3071) or DeepLesion's (-160, 240) soft tissue).
 - ``Keys.BOXES`` (N, 4) float32: (i0, j0, i1, j1), half-open, from each lesion's mask on this slice, so a
   3D lesion has a box on every slice it touches, not only on its key slice.
-- ``Keys.TAGS`` (N, T) float32 multi-hot; ``Keys.MASKS`` (N, I, J) uint8.
+- ``Keys.TAGS`` (N, T) float32 multi-hot, NaN where a lesion's tag is uncertain (``Lesion.uncertain_tags``);
+  ``Keys.MASKS`` (N, I, J) uint8.
 - ``Keys.DIAMETERS`` (N, 2) float32 long and short axis in mm: the lesion's recorded values on its key slice
   (NaN where unknown), elsewhere ``medmtl.data.lesion_geometry.measure_recist`` of its mask on this slice.
 - ``Keys.PIXEL_SPACING`` (2,) float32 mm along I and J; ``Keys.SLICE_POSITION`` () float32, k / (K - 1).
@@ -219,6 +220,7 @@ def slice_sample(
         ii, jj = np.nonzero(mask)
         boxes[row] = (ii.min(), jj.min(), ii.max() + 1, jj.max() + 1)
         tags[row, list(lesion.tags)] = 1
+        tags[row, list(lesion.uncertain_tags)] = np.nan
         masks[row] = mask
         if lesion.key_slice == k:
             diameters[row] = (lesion.long_axis_mm, lesion.short_axis_mm)

@@ -21,6 +21,8 @@ class Lesion:
     tags: indices into ``LesionVolume.tag_names`` (multi-label; empty when untagged).
     long_axis_mm, short_axis_mm: RECIST diameters in mm on the key slice (NaN when unknown).
     recist: (4, 2) float64 end points ``(i, j)`` of the long then the short axis on the key slice, or None.
+    uncertain_tags: indices of tags that cannot be told from the image (neither positive nor negative; as
+        MULAN's uncertain labels, left out of the tag loss and the tag metrics).
     """
 
     box: np.ndarray
@@ -29,6 +31,7 @@ class Lesion:
     long_axis_mm: float = float("nan")
     short_axis_mm: float = float("nan")
     recist: np.ndarray | None = None
+    uncertain_tags: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,18 @@ A volume is a pure function of (seed, split, index, options):
 4. Records. Each lesion's box comes from its rasterised mask, its key slice is the slice of largest mask area,
    its diameters are measured there as RECIST would (``medmtl.data.lesion_geometry.measure_recist``, edge
    to edge), and its tags (``TAG_NAMES``) name its intensity, pattern, border, tissue, side and size (by the
-   measured long axis).
+   measured long axis). A lesion below 10 mm long axis is too small to characterise its border: its
+   ``smooth`` and ``lobulated`` tags are uncertain (``Lesion.uncertain_tags``; neither positive nor
+   negative, left out of the tag loss and metrics). At 1 mm pixels its bumps are a voxel or less, and the true
+   masks' shape tells the two apart at AUC 0.5 to 0.6 there (``benchmarks/lesion_border_oracle.py``); a
+   radiologist reads such a lesion as "too small to characterise" rather than smooth.
 
 Splits. Each split has its own seed stream (``numpy.random.SeedSequence`` of (seed, lesion stream, split,
 index)) and its own orientations (``SPLIT_ORIENTATIONS``): training volumes are axial or coronal, validation
 and test volumes are sagittal, so held-out volumes show an orientation and lesion draws never trained on.
-``LesionVolume.meta`` holds ``orientation``, ``split``, ``index``, ``seed`` and ``centres`` ((N, 3) int64
-voxel indices of the lesion centres); it holds no non-imaging inputs.
+``LesionVolume.meta`` holds ``orientation``, ``split``, ``index``, ``seed``, ``centres`` ((N, 3) int64
+voxel indices of the lesion centres) and ``lobulated`` ((N,) bool, the drawn border whether tagged or not); it
+holds no non-imaging inputs.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ TAG_NAMES = (
     "large",  # long axis >= 20 mm
 )
 _SIZE_LIMITS_MM = (10.0, 20.0)
+_BORDER_TAGS = ("smooth", "lobulated")
+_MIN_BORDER_MM = 10.0  # long axis below which the border is too small to characterise (uncertain tags)
 _PATTERNS = ("homogeneous", "rim_enhancing", "necrotic_core")
 _TISSUES = {1: "grey_matter", 2: "white_matter"}  # template label -> tag
 
@@ -283,10 +290,12 @@ def _lesion_record(instances, label: int, f: _Field, spacing, tags: list[str]) -
     # never empty: the lesion's centre voxel is always inside it, so the slice of largest area has pixels
     long_mm, short_mm, ends = measure_recist(inside[:, :, key_local], spacing[:2])
     names = [*tags, _size_tag(long_mm)]
+    uncertain = _BORDER_TAGS if long_mm < _MIN_BORDER_MM else ()
     return Lesion(
         box=np.concatenate([first, last]).astype(np.float64),
         key_slice=int(offset[2] + key_local),
-        tags=tuple(sorted(TAG_NAMES.index(n) for n in names)),
+        tags=tuple(sorted(TAG_NAMES.index(n) for n in names if n not in uncertain)),
+        uncertain_tags=tuple(sorted(TAG_NAMES.index(n) for n in uncertain)),
         long_axis_mm=long_mm,
         short_axis_mm=short_mm,
         recist=ends + offset[:2],
@@ -319,7 +328,7 @@ def simulate_lesion_volume(
     grids = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in image.shape), indexing="ij", sparse=True)
     x_mm = sum(float(affine[0, a]) * g for a, g in enumerate(grids)) + float(affine[0, 3])
     candidates: dict[tuple[int, bool], np.ndarray] = {}
-    lesions, centres = [], []
+    lesions, centres, lobulated = [], [], []
     for _ in range(int(rng.integers(o.max_lesions + 1))):
         for _ in range(_PLACEMENT_TRIES):
             tissue, right = int(rng.integers(1, 3)), bool(rng.random() < 0.5)
@@ -342,6 +351,7 @@ def simulate_lesion_volume(
             tags = [intensity, pattern, border, _TISSUES[tissue], "right" if right else "left"]
             lesions.append(_lesion_record(instances, label, f, spacing, tags))
             centres.append(shape.centre)
+            lobulated.append(border == "lobulated")
             break
     if o.augment:
         image = _augmentation(int(augment_seq.generate_state(1)[0]))(image[None])[0]
@@ -359,6 +369,7 @@ def simulate_lesion_volume(
             "index": int(index),
             "seed": int(seed),
             "centres": np.array(centres, np.int64).reshape(-1, 3),
+            "lobulated": np.array(lobulated, bool),
         },
     )
 

@@ -45,7 +45,7 @@ class LesionTargets(NamedTuple):
 
     heatmap: (1, h, w) Gaussian peaks in [0, 1]. cells: (N,) int64 flat index u * w + v of each centre cell.
     size: (N, 2) log of the box extents (i, j) in pixels. offset: (N, 2) centre within its cell, in cells.
-    boxes: (N, 4) the boxes, float32. tags: (N, T) multi-hot, or None when not given.
+    boxes: (N, 4) the boxes, float32. tags: (N, T) multi-hot (NaN: uncertain), or None when not given.
     """
 
     heatmap: torch.Tensor

@@ -58,15 +58,17 @@ def box_loss(
 
 def hard_negative_mask(losses: torch.Tensor, targets: torch.Tensor, negative_ratio: float) -> torch.Tensor:
     """Which entries of (N, T) per-tag losses a hard-example-mined loss keeps: every positive tag of a lesion
-    and its ceil(negative_ratio * max(positives, 1)) negatives of highest loss (all of them if fewer)."""
+    and its ceil(negative_ratio * max(positives, 1)) negatives of highest loss (all of them if fewer). An
+    uncertain tag (target NaN) is neither, and never kept."""
     positive = targets > 0.5
+    negative = targets <= 0.5  # False for NaN
     keep_neg = torch.ceil(negative_ratio * positive.sum(1).clamp_min(1).to(losses.dtype))  # (N,)
-    neg_losses = torch.where(positive, torch.full_like(losses, -math.inf), losses.detach())
+    neg_losses = torch.where(negative, losses.detach(), torch.full_like(losses, -math.inf))
     order = neg_losses.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(
         1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
     )
-    return positive | ((rank < keep_neg[:, None]) & ~positive)
+    return positive | ((rank < keep_neg[:, None]) & negative)
 
 
 def tag_loss(
@@ -75,15 +77,15 @@ def tag_loss(
     pos_weight: torch.Tensor | None = None,
     negative_ratio: float = DEFAULT_NEGATIVE_RATIO,
 ) -> torch.Tensor:
-    """MULAN's tag loss: binary cross-entropy of (N, T) tag logits against (N, T) multi-hot targets, positives
-    weighted by ``pos_weight`` (T,) (rare tags count more; None weighs all 1), averaged over the entries that
-    ``hard_negative_mask`` keeps. MULAN samples entries in proportion to their error; keeping the hardest
+    """MULAN's tag loss: binary cross-entropy of (N, T) tag logits against (N, T) multi-hot targets (NaN: an
+    uncertain tag, left out), positives weighted by ``pos_weight`` (T,) (rare tags count more; None weighs all
+    1), averaged over the entries that ``hard_negative_mask`` keeps. MULAN samples entries in proportion to their error; keeping the hardest
     negatives per lesion is the deterministic form of the same idea, and with many tags (DeepLesion's 171,
     a few positive) it stops the easy negatives from drowning the positives. N = 0 gives a connected zero."""
     if len(logits) == 0:
         return logits.sum() * 0
-    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    bce = F.binary_cross_entropy_with_logits(logits, targets.nan_to_num(0.0), reduction="none")
     if pos_weight is not None:
         bce = bce * torch.where(targets > 0.5, pos_weight.to(bce.dtype), torch.ones_like(bce))
     keep = hard_negative_mask(bce, targets, negative_ratio)
-    return (bce * keep).sum() / keep.sum().clamp_min(1)
+    return torch.where(keep, bce, torch.zeros_like(bce)).sum() / keep.sum().clamp_min(1)

@@ -13,7 +13,8 @@ anchor-free and CenterNet-style (Zhou et al. 2019) on the trunk's stride-4 map (
 - tags: T logits per cell, supervised at the lesion centres with MULAN's weighted BCE and hard-example mining;
   with ``tag_pooling="cell"`` from the cell's features (CenterNet's head), with ``"box"`` from the cell's
   features and the mean features over the core, shell and surround of the box the detection head predicts
-  there (``medmtl.models.lesion_tag_head``: MULAN's RoI features, kept dense);
+  there (``medmtl.models.lesion_tag_head``: MULAN's RoI features, kept dense), with ``"contour"`` also the
+  angular spectra of the features on rings about that box (its outline: lobes);
 - masks: one full-resolution lesion-foreground logit map (a small decoder over the stride-2 and stride-1
   features; Dice + BCE against the union of the instance masks); a detection's mask is that map inside its
   box (``medmtl.models.lesion_decode``);
@@ -64,7 +65,7 @@ from medmtl.transforms.context import DEFAULT_INTERVAL_MM, DEFAULT_NUM_SLICES, c
 
 TASKS = ("det", "tag", "mask", "refine")
 POSITIONS = ("array", "patient")
-TAG_POOLINGS = ("cell", "box")
+TAG_POOLINGS = ("cell", "box", "contour")
 
 
 def reads_patient_frame(tasks: Sequence[str], refine_position: str) -> bool:
@@ -128,9 +129,10 @@ class LesionNet(nn.Module):
             per-volume 0.5-99.5 percentile scaling (``medmtl.data.lesion_dataset.intensity_range``).
         refine_position: what position the refinement reads: ``"array"`` (normalised array and slice
             position, MULAN's) or ``"patient"`` (the patient frame; see the module docstring).
-        tag_pooling: what the tag head reads: ``"cell"`` (the cell's features) or ``"box"`` (also the means
-            over its predicted box's regions, ``medmtl.models.lesion_tag_head.BoxPooledTagHead``).
-        tag_chans: channels of the box-pooled features (``"box"`` only).
+        tag_pooling: what the tag head reads: ``"cell"`` (the cell's features), ``"box"`` (also the means
+            over its predicted box's regions, ``medmtl.models.lesion_tag_head.BoxPooledTagHead``) or
+            ``"contour"`` (as ``"box"``, and the contour spectra about that box).
+        tag_chans: channels of the box-pooled features (``"box"`` and ``"contour"``).
 
     ``num_slices``, ``interval_mm``, ``window``, ``num_clinical`` and ``refine_position`` are the network's input
     contract: the training data, the
@@ -206,7 +208,9 @@ class LesionNet(nn.Module):
             self.tag_head = (
                 dense_head(chans, num_tags)
                 if tag_pooling == "cell"
-                else BoxPooledTagHead(chans, self.trunk.widths[0], num_tags, tag_chans)
+                else BoxPooledTagHead(
+                    chans, self.trunk.widths[0], num_tags, tag_chans, contour=tag_pooling == "contour"
+                )
             )
             if tag_pos_weight is not None:
                 pos_weight = torch.as_tensor(tag_pos_weight, dtype=torch.float32).flatten()
@@ -266,7 +270,7 @@ class LesionNet(nn.Module):
         )
         tags = None
         if "tag" in self._tasks:
-            if self.tag_pooling == "box":
+            if self.tag_pooling != "cell":
                 # The stride-2 map of the input's pixels, without the padding: boxes clip to the image.
                 stride2 = crop_to(features.stride2, (height + 1) // 2, (width + 1) // 2)
                 tags = self.tag_head(x, stride2, size, offset)

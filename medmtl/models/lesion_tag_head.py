@@ -15,7 +15,13 @@ graph, so it exports to ONNX like the other heads), and gives each cell what RoI
   its size, so pooling every cell of a map costs a gather, not a RoI loop, and the means vary continuously
   with the box (no jumps where a rounded edge would cross a pixel, which would also make the PyTorch and
   onnxruntime outputs differ where their ``exp`` differ in the last bit);
-- a 1x1-convolution MLP over [the cell's own features, the three means] gives the tag logits.
+- with ``contour=True``, the angular spectrum of the features on the box's inscribed ellipse and three
+  concentric ones (``contour_spectrum``): a few channels are sampled at 16 angles on each ring, and the
+  magnitudes of their Fourier coefficients over the angle say how the lesion's outline departs from an
+  ellipse whatever its rotation (order 1: off centre, 2: elongated along another axis than the box's,
+  3 and above: lobes), which the region means average away;
+- a 1x1-convolution MLP over [the cell's own features, the three means (, the spectra)] gives the tag
+  logits.
 
 The pooled features are a stride-2 map (the trunk's stride-4 output upsampled and added to its stride-2
 features, then a 3x3 convolution), so a 3 mm lesion at 1 mm pixels still spans 1.5 of its pixels.
@@ -38,6 +44,13 @@ REGIONS = ("core", "shell", "surround")
 DEFAULT_POOLED_CHANS = 16
 # A region whose area on the map is below this (in pixels; clipped away at the border) has mean zero.
 _MIN_AREA = 1e-3
+# Contour spectra: rings at these multiples of the box's inscribed ellipse, sampled at CONTOUR_ANGLES angles,
+# CONTOUR_CHANS channels, Fourier orders 1 .. CONTOUR_ORDERS (and the signed mean, order 0).
+CONTOUR_RADII = (0.5, 0.75, 1.0, 1.25)
+CONTOUR_ANGLES = 16
+CONTOUR_CHANS = 4
+CONTOUR_ORDERS = 6
+_MAGNITUDE_EPS = 1e-6  # keeps the gradient of a magnitude finite at zero
 
 
 def integral_image(features: torch.Tensor) -> torch.Tensor:
@@ -108,12 +121,50 @@ def region_means(features: torch.Tensor, centres: torch.Tensor, extents: torch.T
     return torch.cat(means, dim=1).to(features.dtype)
 
 
+def contour_spectrum(
+    features: torch.Tensor,
+    centres: torch.Tensor,
+    extents: torch.Tensor,
+    radii: tuple[float, ...] = CONTOUR_RADII,
+    angles: int = CONTOUR_ANGLES,
+    orders: int = CONTOUR_ORDERS,
+) -> torch.Tensor:
+    """The angular spectrum of ``features`` on rings around each box (module docstring).
+
+    features: (B, E, H, W). centres, extents: (B, 2, N) as ``region_means``. Ring r of a box is the ellipse
+    of semi-axes r x extents / 2 about its centre; it is sampled bilinearly (``grid_sample``, zero off the
+    map) at ``angles`` evenly spaced angles. Returns (B, E R (orders + 1), N) in the features' dtype, per
+    channel and ring: the mean over the angles, then the magnitudes of the Fourier coefficients of orders
+    1 .. orders (each invariant to the outline's rotation; a circle about the centre gives zeros).
+    """
+    b, e, height, width = features.shape
+    n = centres.shape[-1]
+    device = features.device
+    theta = torch.arange(angles, dtype=torch.float32, device=device) * (2 * torch.pi / angles)
+    ring = torch.tensor(radii, dtype=torch.float32, device=device)[:, None] / 2 * torch.stack(
+        (theta.sin(), theta.cos())
+    )[:, None]  # (2, R, K): (i, j) offsets per unit extent
+    points = centres.float()[:, :, :, None, None] + extents.float()[:, :, :, None, None] * ring[None, :, None]
+    size = torch.tensor([height, width], dtype=torch.float32, device=device)[None, :, None, None, None]
+    grid = (points * 2 / size - 1).flip(1)  # (B, 2, N, R, K) as (x, y) in [-1, 1] (align_corners=False)
+    grid = grid.permute(0, 2, 3, 4, 1).reshape(b, 1, -1, 2)
+    samples = nn.functional.grid_sample(features.float(), grid, align_corners=False).reshape(b, e, n, -1, angles)
+    order = torch.arange(1, orders + 1, dtype=torch.float32, device=device)[:, None] * theta  # (F, K)
+    basis = torch.cat((order.cos(), order.sin())).T / angles  # (K, 2F)
+    re, im = (samples @ basis).chunk(2, dim=-1)
+    magnitude = (re * re + im * im + _MAGNITUDE_EPS).sqrt()
+    spectrum = torch.cat((samples.mean(-1, keepdim=True), magnitude), dim=-1)  # (B, E, N, R, F + 1)
+    return spectrum.permute(0, 1, 3, 4, 2).reshape(b, -1, n).to(features.dtype)
+
+
 class BoxPooledTagHead(nn.Module):
     """Tag logits from the cell's features and the means over its predicted box's regions (module docstring).
 
     Args:
         chans: channels of the stride-4 map. fine_chans: channels of the stride-2 map.
         num_tags: tags T. pooled_chans: channels of the pooled stride-2 features. hidden: the MLP's width.
+        contour: also read the contour spectra (``contour_spectrum`` of ``CONTOUR_CHANS`` channels made from
+            the pooled features by a 1x1 convolution).
     """
 
     def __init__(
@@ -123,13 +174,16 @@ class BoxPooledTagHead(nn.Module):
         num_tags: int,
         pooled_chans: int = DEFAULT_POOLED_CHANS,
         hidden: int = 64,
+        contour: bool = False,
     ):
         super().__init__()
         self.lateral = nn.Conv2d(chans, fine_chans, 1)
         self.fine = conv_norm_act(fine_chans, pooled_chans)
         self.cell = conv_norm_act(chans, chans)
+        self.contour = nn.Conv2d(pooled_chans, CONTOUR_CHANS, 1) if contour else None
+        spectra = CONTOUR_CHANS * len(CONTOUR_RADII) * (CONTOUR_ORDERS + 1) if contour else 0
         self.classify = nn.Sequential(
-            nn.Conv2d(chans + len(REGIONS) * pooled_chans, hidden, 1),
+            nn.Conv2d(chans + len(REGIONS) * pooled_chans + spectra, hidden, 1),
             nn.SiLU(inplace=True),
             nn.Conv2d(hidden, num_tags, 1),
         )
@@ -137,7 +191,8 @@ class BoxPooledTagHead(nn.Module):
     def pooled(
         self, stride4: torch.Tensor, stride2: torch.Tensor, size: torch.Tensor, offset: torch.Tensor
     ) -> torch.Tensor:
-        """The MLP's input (B, C + 3 P, h, w): the cell's features and its three region means.
+        """The MLP's input (B, C + 3 P (+ S), h, w): the cell's features, its three region means (and its
+        contour spectra, S = ``CONTOUR_CHANS`` x rings x (orders + 1)).
 
         stride4: (B, C, h', w') trunk map, h' >= h (padded maps are cropped). stride2: (B, C2, ceil(H / 2),
         ceil(W / 2)) for an H x W input, h = ceil(H / 4). size: (B, 2, h, w) log box extents in input pixels
@@ -152,8 +207,11 @@ class BoxPooledTagHead(nn.Module):
         cells = torch.stack((rows, cols))[None]  # (1, 2, h, w)
         centres = (cells + offset.detach().float()) * (STRIDE / scale)
         extents = size.detach().float().clamp(*LOG_SIZE_RANGE).exp() / scale
-        pooled = region_means(fine, centres.flatten(2), extents.flatten(2)).reshape(b, -1, h, w)
-        return torch.cat((crop_to(self.cell(stride4), h, w), pooled), dim=1)
+        centres, extents = centres.flatten(2), extents.flatten(2)
+        parts = [crop_to(self.cell(stride4), h, w), region_means(fine, centres, extents).reshape(b, -1, h, w)]
+        if self.contour is not None:
+            parts.append(contour_spectrum(self.contour(fine), centres, extents).reshape(b, -1, h, w))
+        return torch.cat(parts, dim=1)
 
     def forward(
         self, stride4: torch.Tensor, stride2: torch.Tensor, size: torch.Tensor, offset: torch.Tensor
