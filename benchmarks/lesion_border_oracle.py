@@ -3,7 +3,9 @@ shape measure, 1 - solidity (the mask's area over its convex hull's), for ``lobu
 
 It scores each lesion of the held-out volumes twice: on its key slice (the 2D mask the network's key image
 shows) and over its whole 3D mask (convex hull of the voxels' corners, in mm); rows split the lesions at
-10 mm long axis. A network that saw the true mask would still have to find the border from these few
+10 mm long axis. The truth is the drawn border (``meta["lobulated"]``), also for the lesions below 10 mm
+whose border tags the simulator leaves uncertain; the rows at or above 10 mm are the lesions the tags
+score. A network that saw the true mask would still have to find the border from these few
 pixels: the AUC says how far shape alone separates the two tags at the simulated resolution (a lower bound
 on what a better measure could reach, not a ceiling).
 
@@ -21,7 +23,6 @@ from scipy.spatial import ConvexHull, QhullError
 from skimage.measure import regionprops
 
 from medmtl.data.lesion_data import lesion_volumes
-from medmtl.data.lesion_sim import TAG_NAMES
 from medmtl.metrics.tag_metrics import tag_auc
 
 _CORNERS = np.array(np.meshgrid(*[[-0.5, 0.5]] * 3, indexing="ij")).reshape(3, -1).T  # (8, 3)
@@ -39,13 +40,12 @@ def solidity_3d(mask: np.ndarray, spacing: np.ndarray) -> float:
 def border_scores(volumes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(lobulated (N,) bool, long axis mm (N,), key-slice solidity (N,), 3D solidity (N,))."""
     lobulated, long_mm, flat, solid = [], [], [], []
-    lobe = TAG_NAMES.index("lobulated")
     for volume in volumes:
         for label, lesion in enumerate(volume.lesions, start=1):
             mask = volume.instances == label
             flat.append(regionprops(mask[:, :, lesion.key_slice].astype(np.uint8))[0].solidity)
             solid.append(solidity_3d(mask, np.asarray(volume.spacing, np.float64)))
-            lobulated.append(lobe in lesion.tags)
+            lobulated.append(bool(volume.meta["lobulated"][label - 1]))
             long_mm.append(lesion.long_axis_mm)
     return np.array(lobulated), np.array(long_mm), np.array(flat), np.array(solid)
 

@@ -170,12 +170,15 @@ class DeepLesionIndex:
         self.csv_path = self.root / CSV_NAME
         self.context_mm = context_mm
         rows = read_dl_info(self.csv_path)
-        self.tag_names, self._tags = read_tags_json(tags_json, "lesions") if tags_json else ((), {})
-        beyond = [row for row in self._tags if row >= len(rows)]
-        if beyond:
-            raise InputError(
-                tags_json, f"`lesions` names row {beyond[0]}, but {self.csv_path} has {len(rows)} rows"
-            )
+        self.tag_names, self._tags, self._uncertain = (
+            read_tags_json(tags_json, "lesions") if tags_json else ((), {}, {})
+        )
+        for section, table in (("lesions", self._tags), ("uncertain", self._uncertain)):
+            beyond = [row for row in table if row >= len(rows)]
+            if beyond:
+                raise InputError(
+                    tags_json, f"`{section}` names row {beyond[0]}, but {self.csv_path} has {len(rows)} rows"
+                )
         groups: dict[tuple[str, tuple[int, int]], list[LesionRow]] = {}
         for row in rows:
             if split is None or row.split == split:
@@ -250,6 +253,7 @@ class DeepLesionIndex:
                     long_axis_mm=long_mm,
                     short_axis_mm=short_mm,
                     recist=row.recist.copy(),
+                    uncertain_tags=self._uncertain.get(row.row, ()),
                 )
             )
             masks.append(recist_ellipse_mask(row.recist, (width, height)))

@@ -241,10 +241,12 @@ def _instances(values: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, lis
 
 @dataclass(frozen=True)
 class _Tags:
-    """A case's tag file as read: the vocabulary, the tag ids by label value, and the file (for messages)."""
+    """A case's tag file as read: the vocabulary, the tag and uncertain tag ids by label value, and the file
+    (for messages)."""
 
     names: tuple[str, ...] = ()
     by_label: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    uncertain: dict[int, tuple[int, ...]] = field(default_factory=dict)
     path: Path | None = None
 
     @classmethod
@@ -269,13 +271,16 @@ def _read_case(image_path: Path, labels_path: Path | None, tags: _Tags, name: st
                 labels_path, f"has another affine (voxel-to-patient geometry) than image {image_path}"
             )
         instances, ids, lesions = _instances(_read_labels(label_header), header.spacing)
-    unknown = sorted(set(tags.by_label) - set(ids))
+    unknown = sorted((set(tags.by_label) | set(tags.uncertain)) - set(ids))
     if unknown:
         held = ", ".join(map(str, ids[:20])) + (", ..." if len(ids) > 20 else "") or "none"
         raise InputError(
             tags.path, f"names instance {unknown[0]}, which {labels_path} does not hold (instances: {held})"
         )
-    lesions = [replace(lesion, tags=tags.by_label.get(i, ())) for lesion, i in zip(lesions, ids)]
+    lesions = [
+        replace(lesion, tags=tags.by_label.get(i, ()), uncertain_tags=tags.uncertain.get(i, ()))
+        for lesion, i in zip(lesions, ids)
+    ]
     return LesionVolume(
         image=image,
         spacing=header.spacing,

@@ -76,6 +76,18 @@ def test_lesions_boxes_diameters_and_tags(volumes, name):
         assert (lesion.long_axis_mm, lesion.short_axis_mm) == pytest.approx((long_mm, short_mm), abs=1e-5)
 
 
+def test_uncertain_tags_from_the_tag_file(root, tmp_path):
+    tags = json.loads((root / "tags.json").read_text())
+    row = min(int(k) for k in tags["lesions"])
+    free = next(t for t in range(len(tags["tag_names"])) if t not in tags["lesions"][str(row)])
+    path = tmp_path / "tags.json"
+    path.write_text(json.dumps({**tags, "uncertain": {str(row): [free]}}))
+    index = DeepLesionIndex(root, tags_json=path)
+    lesions = [lesion for i in range(len(index)) for lesion in index[i].lesions]
+    assert [lesion.uncertain_tags for lesion in lesions].count((free,)) == 1
+    assert all(lesion.uncertain_tags in ((), (free,)) for lesion in lesions)
+
+
 def test_recist_points_keep_the_csv_coordinates(volumes):
     np.testing.assert_array_equal(volumes[A].lesions[0].recist, [[6, 10], [16, 10], [11, 7], [11, 13]])
 
@@ -327,6 +339,12 @@ BAD: dict[str, tuple[Callable[[Path], None], str, tuple[str, ...], str]] = {
         "index",
     ),
     "tags_no_names": (_tags({"lesions": {}}), "tags", ("`tag_names`",), "index"),
+    "uncertain_unknown_row": (
+        _tags({"tag_names": ["a"], "uncertain": {"7": [0]}}),
+        "tags",
+        ("`uncertain` names row 7",),
+        "index",
+    ),
     "tags_twice": (_tags({"tag_names": ["a", "a"]}), "tags", ("'a' twice",), "index"),
 }
 

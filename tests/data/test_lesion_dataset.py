@@ -81,6 +81,14 @@ def test_sample_on_a_slice_with_two_lesions():
     assert sample[Keys.SLICE] == 5 and sample[Keys.FNAME] == "vol0"
 
 
+def test_uncertain_tags_are_nan_in_the_targets():
+    volume = make_volume()
+    first = dataclasses.replace(volume.lesions[0], uncertain_tags=(1,))
+    volume = dataclasses.replace(volume, lesions=(first, volume.lesions[1]))
+    tags = slice_sample(volume, 5, num_slices=5, interval_mm=2.0)[Keys.TAGS].numpy()
+    np.testing.assert_array_equal(tags, [[1, np.nan, 1], [0, 1, 0]])
+
+
 def test_key_slice_boxes_follow_the_mask_not_the_3d_box():
     volume = make_volume()
     sample = slice_sample(volume, 4)

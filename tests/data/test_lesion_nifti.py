@@ -307,6 +307,16 @@ BAD_FILES: dict[str, tuple[Callable[[Path], tuple], str, tuple[str, ...]]] = {
     "tag_out_of_range": (_tags({"tag_names": ["a"], "instances": {"2": [0, 4]}}), "tags", ("tag id 4",)),
     "tags_not_list": (_tags({"tag_names": ["a"], "instances": {"2": "a"}}), "tags", ("list of tag ids",)),
     "tags_array": (_tags([1, 2]), "tags", ("expected an object",)),
+    "uncertain_unknown_instance": (
+        _tags({"tag_names": ["a"], "instances": {}, "uncertain": {"4": [0]}}),
+        "tags",
+        ("instance 4",),
+    ),
+    "tag_positive_and_uncertain": (
+        _tags({"tag_names": ["a", "b"], "instances": {"2": [1]}, "uncertain": {"2": [0, 1]}}),
+        "tags",
+        ("lesion 2", "tag 1", "both"),
+    ),
 }
 
 
@@ -321,6 +331,14 @@ def test_bad_file_gives_one_clear_error(tmp_path, name):
         read_lesion_nifti(image, labels, tags)
     assert err.value.where == str(files[which]) and "\n" not in str(err.value)
     assert all(word in err.value.what for word in words), err.value.what
+
+
+def test_uncertain_tags(tmp_path):
+    image, labels, tags = write_nifti_case(tmp_path)
+    tags.write_text(json.dumps({**NIFTI_TAGS, "uncertain": {"5": [2, 0]}}))
+    first, second = read_lesion_nifti(image, labels, tags).lesions
+    assert (first.tags, first.uncertain_tags) == ((0, 3), ())
+    assert (second.tags, second.uncertain_tags) == ((1,), (0, 2))
 
 
 def test_tags_without_labels(case):

@@ -18,6 +18,22 @@ def test_auc_counts_ties_as_half_and_skips_one_class_tags():
     assert tag_auc(np.zeros((0, 2)), np.zeros((0, 2))).shape == (2,)
 
 
+def test_uncertain_labels_leave_the_sample_out_of_that_tag():
+    rng = np.random.default_rng(1)
+    probs, labels = rng.uniform(size=(40, 3)), rng.integers(0, 2, (40, 3)).astype(np.float64)
+    uncertain = rng.uniform(size=labels.shape) < 0.3
+    with_nan = np.where(uncertain, np.nan, labels)
+    thresholds = choose_tag_thresholds(probs, with_nan)
+    for t in range(3):
+        known = ~uncertain[:, t]
+        one = (probs[known, t : t + 1], labels[known, t : t + 1])
+        assert tag_auc(probs, with_nan)[t] == tag_auc(*one)[0]
+        assert thresholds[t] == choose_tag_thresholds(*one)[0]
+        assert tag_f1(probs, with_nan, thresholds)[t] == tag_f1(*one, thresholds[t : t + 1])[0]
+    # an uncertain label scored high is no false positive
+    assert tag_f1([[0.9], [0.8]], [[1.0], [np.nan]], [0.5]).tolist() == [1.0]
+
+
 def test_auc_of_a_perfect_ranking_is_one():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, (31, 3))

@@ -182,6 +182,22 @@ def test_hard_example_mining_keeps_positives_and_the_hardest_negatives():
     assert keep.tolist() == [[bool(v) for v in row] for row in expected]
 
 
+def test_uncertain_tags_are_neither_mined_nor_trained():
+    """NaN targets (uncertain tags) are never kept, do not count as positives for the negatives' quota, and
+    get no gradient: the loss is the loss over the known tags alone."""
+    nan = float("nan")
+    targets = torch.tensor([[1.0, nan, 0.0, 0.0, nan], [nan, nan, nan, nan, nan]])
+    losses = torch.tensor([[0.1, 9.0, 0.5, 0.2, 8.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    keep = hard_negative_mask(losses, targets, negative_ratio=1.0)
+    assert keep.tolist() == [[True, False, True, False, False], [False] * 5]
+    logits = torch.tensor([[0.5, 4.0, 2.0, -1.0, -3.0], [1.0, 2.0, 3.0, 4.0, 5.0]], requires_grad=True)
+    loss = tag_loss(logits, targets, negative_ratio=1.0)
+    known = tag_loss(logits[:1, [0, 2, 3]], targets[:1, [0, 2, 3]], negative_ratio=1.0)
+    torch.testing.assert_close(loss, known)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and not logits.grad[targets.isnan()].any()
+
+
 def test_tag_loss_ignores_easy_negatives_and_weighs_positives():
     targets = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
     logits = torch.tensor([[0.0, 3.0, -9.0, -9.0]])  # one hard negative, two easy ones

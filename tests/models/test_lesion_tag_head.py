@@ -1,6 +1,7 @@
 """The box-pooled tag head: area-weighted region means from integral images against a brute-force mean on a
 finer grid, their gradients, the box each cell pools over, half-precision geometry, and that the tag loss
-does not move the boxes it pools over."""
+does not move the boxes it pools over; the contour spectra against a closed form, their rotation invariance
+and the order that a lobed outline shows at."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import torch
 from medmtl.errors import ConfigError
 from medmtl.keys import Keys
 from medmtl.models.lesion_net import LesionNet
-from medmtl.models.lesion_tag_head import BoxPooledTagHead, region_means
+from medmtl.models.lesion_tag_head import (
+    CONTOUR_ANGLES,
+    CONTOUR_ORDERS,
+    CONTOUR_RADII,
+    BoxPooledTagHead,
+    contour_spectrum,
+    region_means,
+)
 
 FINE = 8  # sub-pixels per pixel of the brute force: box edges on a 1/8 grid are exact there
 
@@ -64,6 +72,53 @@ def test_region_means_are_continuous_and_differentiable():
     # A box edge crossing a pixel boundary moves the means by as little as it moves the edge.
     nudge = region_means(features, centres, extents + 1e-6) - region_means(features, centres, extents)
     assert nudge.abs().max() < 1e-4
+
+
+def _spectrum(features, centre, extent):
+    """contour_spectrum of (C, H, W) features about one box -> (C, rings, orders + 1)."""
+    c = len(features)
+    boxes = [torch.tensor(v, dtype=torch.float32)[None, :, None] for v in (centre, extent)]
+    return contour_spectrum(features[None], *boxes).reshape(c, len(CONTOUR_RADII), CONTOUR_ORDERS + 1)
+
+
+def test_contour_spectrum_of_a_linear_map():
+    """Features = the column coordinate: bilinear sampling is exact, so on the ring of semi-axes (a, b) the
+    samples are cx - 1/2 + b cos(theta): mean cx - 1/2, order 1 of magnitude b / 2, higher orders zero
+    (sqrt of the epsilon)."""
+    height, width = 40, 50
+    cols = torch.arange(width, dtype=torch.float32).expand(height, width)
+    centre, extent = (20.3, 24.6), (10.0, 16.0)
+    spectrum = _spectrum(cols[None], centre, extent)[0]
+    semi = torch.tensor(CONTOUR_RADII) * extent[1] / 2
+    torch.testing.assert_close(spectrum[:, 0], torch.full((len(CONTOUR_RADII),), centre[1] - 0.5))
+    torch.testing.assert_close(spectrum[:, 1], semi / 2, atol=1e-4, rtol=1e-5)
+    assert spectrum[:, 2:].max() < 2e-3
+
+
+def test_contour_spectrum_is_invariant_to_a_quarter_turn_and_finds_the_lobes():
+    """A quarter turn of the map about the box centre (a square box) shifts the ring samples by a quarter of
+    the angles: the spectrum is unchanged. Five lobes about the centre show at order 5."""
+    torch.manual_seed(4)
+    size = 32
+    features = torch.randn(3, size, size)
+    centre, extent = (size / 2, size / 2), (12.0, 12.0)
+    turned = torch.rot90(features, 1, dims=(1, 2))
+    assert CONTOUR_ANGLES % 4 == 0
+    torch.testing.assert_close(_spectrum(turned, centre, extent), _spectrum(features, centre, extent))
+    ii, jj = torch.meshgrid(*[torch.arange(size) + 0.5 - size / 2] * 2, indexing="ij")
+    lobes = torch.cos(5 * torch.atan2(ii, jj)) * (ii.hypot(jj) > 2)
+    spectrum = _spectrum(lobes[None], centre, extent)[0]
+    assert (spectrum[2:, 1:].argmax(1) == 4).all()  # order 5 on the outer rings (index 0 is the mean)
+
+
+def test_contour_spectrum_gradients_are_finite_on_a_flat_map():
+    features = torch.ones(1, 2, 12, 12, requires_grad=True)
+    centres, extents = torch.tensor([[[6.0], [5.5]]]), torch.tensor([[[4.0], [6.0]]])
+    contour_spectrum(features, centres, extents).sum().backward()
+    assert torch.isfinite(features.grad).all()
+    half = contour_spectrum(features.detach().half(), centres, extents)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), contour_spectrum(features.detach(), centres, extents), atol=1e-3, rtol=1e-3)
 
 
 def _exact_head(chans=4, fine_chans=3):
