@@ -63,7 +63,7 @@ def draw(ax, volume) -> None:
             plt.Rectangle((j0 - 0.5, i0 - 0.5), j1 - j0, i1 - i0, fill=False, color="yellow", lw=0.8)
         )
         ax.contour(mask, levels=[0.5], colors="cyan", linewidths=0.5)
-        names = [volume.tag_names[t] for t in np.flatnonzero(tags)]
+        names = [volume.tag_names[t] for t in np.flatnonzero(tags > 0.5)]
         text = f"{float(long_mm):.0f}x{float(short_mm):.0f} mm\n" + "\n".join(names)
         ax.text(j1 + 1, i0, text, color="yellow", fontsize=4, va="top")
     ax.set_title(

@@ -120,7 +120,7 @@ class LesionEvaluation(nn.Module):
                 chosen = choose_tag_thresholds(probs, labels)
                 self.tag_thresholds.copy_(torch.as_tensor(chosen, dtype=torch.float32))
         thresholds = self.tag_thresholds.cpu().numpy()
-        known = self.tag_names and np.isfinite(thresholds).all()
+        known = self.tag_names and not np.isnan(thresholds).any()  # inf: chosen, never predicted
         result = self.metrics.compute(tag_thresholds=thresholds if known else None)
         values = {}
         for iou, curve in result["froc"].items():

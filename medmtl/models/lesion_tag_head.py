@@ -135,7 +135,8 @@ def contour_spectrum(
     of semi-axes r x extents / 2 about its centre; it is sampled bilinearly (``grid_sample``, zero off the
     map) at ``angles`` evenly spaced angles. Returns (B, E R (orders + 1), N) in the features' dtype, per
     channel and ring: the mean over the angles, then the magnitudes of the Fourier coefficients of orders
-    1 .. orders (each invariant to the outline's rotation; a circle about the centre gives zeros).
+    1 .. orders (each invariant to a rotation of the outline by a multiple of 2 pi / angles; a circle about
+    the centre gives sqrt(_MAGNITUDE_EPS) = 1e-3).
     """
     b, e, height, width = features.shape
     n = centres.shape[-1]

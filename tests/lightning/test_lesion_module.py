@@ -71,6 +71,19 @@ def test_perfect_outputs_score_perfectly():
     assert values["val/long_axis_mae_mm"] == pytest.approx(0.0, abs=1e-6)  # the true masks: the same RECIST
 
 
+def test_a_tag_without_validation_positives_keeps_f1():
+    """A tag with no known positive on validation gets threshold inf (never predicted): a chosen threshold,
+    so F1 is still reported for the others."""
+    data = KeySliceDataset([cuboid_volume()], num_slices=3, interval_mm=2.0)
+    batch = collate_lesion_samples([data[i] for i in range(len(data))])
+    for tags in batch[Keys.TAGS]:
+        tags[:, 1] = float("nan")  # "even" uncertain everywhere
+    evaluation = LesionEvaluation(("odd", "even"))
+    evaluation.update(perfect_output(batch), batch)
+    values, _ = evaluation.compute("val", choose_thresholds=True)
+    assert evaluation.tag_thresholds[1] == float("inf") and values["val/tag_f1_mean"] == 1.0
+
+
 def test_an_empty_network_finds_nothing():
     data = KeySliceDataset([cuboid_volume()], num_slices=3, interval_mm=2.0)
     batch = collate_lesion_samples([data[i] for i in range(len(data))])
