@@ -12,8 +12,8 @@ signs, spaces or leading zeros; a value is a list of tag ids (or one id, as nnDe
 instance). Lesions the file does not list have no tags. The optional ``uncertain`` object, keyed as the
 section, lists tags that are neither positive nor negative for a lesion (``Lesion.uncertain_tags``: left
 out of the tag loss and metrics), such as MULAN's uncertain labels; a tag cannot be both. MULAN's released
-tag files hold the same information (a term list and, per DL_info row, the relevant and the uncertain tag
-ids) and map onto this schema directly.
+tag files hold the same information (a term list and, per DL_info row, the relevant tag ids, and uncertain
+ones where given) and map onto this schema directly.
 """
 
 from __future__ import annotations
@@ -64,7 +64,10 @@ def _table(path: Path, data: dict, section: str, count: int) -> dict[int, tuple[
     table = data.get(section, {})
     if not isinstance(table, dict):
         raise InputError(path, f"`{section}` is a JSON {type(table).__name__}; expected an object")
-    return {_key(path, section, key): _tag_ids(path, f"`{section}[{key!r}]`", v, count) for key, v in table.items()}
+    return {
+        _key(path, section, key): _tag_ids(path, f"`{section}[{key!r}]`", value, count)
+        for key, value in table.items()
+    }
 
 
 def read_tags_json(path: str | os.PathLike, section: str) -> TagFile:

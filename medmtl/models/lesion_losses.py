@@ -81,7 +81,8 @@ def tag_loss(
     uncertain tag, left out), positives weighted by ``pos_weight`` (T,) (rare tags count more; None weighs all
     1), averaged over the entries that ``hard_negative_mask`` keeps. MULAN samples entries in proportion to
     their error; keeping the hardest negatives per lesion is the deterministic form of the same idea, and with
-    many tags (DeepLesion's 171, a few positive) it stops the easy negatives from drowning the positives. N = 0 gives a connected zero."""
+    many tags (DeepLesion's 171, a few positive) it stops the easy negatives from drowning the positives.
+    N = 0 gives a connected zero."""
     if len(logits) == 0:
         return logits.sum() * 0
     bce = F.binary_cross_entropy_with_logits(logits, targets.nan_to_num(0.0), reduction="none")
