@@ -55,10 +55,12 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "lesion_mni.yaml")
     parser.add_argument("--split", choices=("val", "test"), default="test")
     args = parser.parse_args()
-    lobulated, long_mm, flat, solid = border_scores(lesion_volumes(lesion_options(args.config), args.split, 0))
+    volumes = lesion_volumes(lesion_options(args.config), args.split, 0)
+    lobulated, long_mm, flat, solid = border_scores(volumes)
     print(f"{args.split} volumes: {len(lobulated)} lesions, {int(lobulated.sum())} lobulated")
     print("| lesions | n | AUC, key-slice mask | AUC, 3D mask |\n|---|---|---|---|")
-    for name, keep in (("all", long_mm >= 0), ("long axis < 10 mm", long_mm < 10), (">= 10 mm", long_mm >= 10)):
+    rows = (("all", long_mm >= 0), ("long axis < 10 mm", long_mm < 10), (">= 10 mm", long_mm >= 10))
+    for name, keep in rows:
         labels = lobulated[keep, None]
         scores = [tag_auc(1 - s[keep, None], labels)[0] for s in (flat, solid)]
         print(f"| {name} | {int(keep.sum())} | {scores[0]:.2f} | {scores[1]:.2f} |")

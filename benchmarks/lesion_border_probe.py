@@ -25,6 +25,7 @@ import dataclasses
 import numpy as np
 import torch
 from lesion_sizes import held_out_parser, lesion_options
+from lesion_tags import match_detections
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -33,7 +34,6 @@ from medmtl.data.lesion_data import lesion_dataset
 from medmtl.data.lesion_dataset import collate_lesion_samples
 from medmtl.inference import load_network
 from medmtl.keys import Keys
-from medmtl.metrics.lesion import MATCH_IOU, box_iou, greedy_match
 from medmtl.metrics.tag_metrics import tag_auc
 from medmtl.models.lesion_decode import decode_detections
 from medmtl.models.lesion_tag_head import contour_spectrum
@@ -72,11 +72,9 @@ def border_features(net, dataset, angles: int, batch_size: int = 8):
                     spectra = contour_spectrum(image[None], centres, extents, angles=angles)
                     features[name].append(spectra[0].T.numpy())
                 labels.append(tags[keep, lobe].numpy() > 0.5)
-                order = np.argsort(-found.scores, kind="mergesort")
-                truth = boxes.numpy().astype(np.float64)
-                match = greedy_match(box_iou(found.boxes[order].astype(np.float64), truth), MATCH_IOU)
+                det, gt = match_detections(found, boxes.numpy().astype(np.float64))
                 mine = np.full(len(boxes), np.nan)
-                mine[match[match >= 0]] = found.tags[order[match >= 0], lobe]
+                mine[gt] = found.tags[det, lobe]
                 network.append(mine)
     return (
         np.concatenate(labels),

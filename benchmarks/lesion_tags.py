@@ -18,13 +18,19 @@ from medmtl.metrics.lesion import MATCH_IOU, box_iou, greedy_match
 from medmtl.metrics.tag_metrics import tag_auc
 
 
+def match_detections(found, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(detection indices, lesion indices) of the pairs ``medmtl test`` scores tags on: ``found``'s
+    detections by descending score, matched greedily to the boxes ``truth`` (N, 4) at ``MATCH_IOU``."""
+    order = np.argsort(-found.scores, kind="mergesort")
+    match = greedy_match(box_iou(found.boxes[order].astype(np.float64), truth), MATCH_IOU)
+    return order[match >= 0], match[match >= 0]
+
+
 def matched_pairs(net, dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tag probabilities (K, T), tag labels (K, T), lesion sizes (K,)) of the matched pairs."""
     probs, labels, sizes = [], [], []
     for truth, tags, found in key_slice_detections(net, dataset):
-        order = np.argsort(-found.scores, kind="mergesort")
-        match = greedy_match(box_iou(found.boxes[order].astype(np.float64), truth), MATCH_IOU)
-        det, gt = order[match >= 0], match[match >= 0]
+        det, gt = match_detections(found, truth)
         probs.append(found.tags[det])
         labels.append(np.asarray(tags, np.float64).reshape(len(truth), len(net.tag_names))[gt])
         sizes.append(box_sizes(truth[gt]))

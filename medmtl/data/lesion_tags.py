@@ -97,5 +97,7 @@ def read_tags_json(path: str | os.PathLike, section: str) -> TagFile:
     for key, ids in uncertain.items():
         both = set(ids) & set(tags.get(key, ()))
         if both:
-            raise InputError(path, f"lesion {key} has tag {min(both)} both in `{section}` and in `{UNCERTAIN_KEY}`")
+            raise InputError(
+                path, f"lesion {key} has tag {min(both)} both in `{section}` and in `{UNCERTAIN_KEY}`"
+            )
     return TagFile(tuple(names), tags, uncertain)

@@ -146,8 +146,9 @@ def _dice_bwd_kernel(z_ptr, t_ptr, w_ptr, cw_ptr, gs_ptr, gce_ptr, dz_ptr, C, V,
 def _launch_shape(c: int, v: int, block: int | None, iters: int | None) -> tuple[int, int, int, int]:
     """(C_P2, BLOCK, programs per image, iterations per program). Default: tiles of about 2048
     logits (at least 16 voxels wide, so more for over 128 classes), each program sweeping up to 4 of them
-    so the partial buffer stays small (with 4 warps, the fastest of ``benchmarks/losses.py --tune`` on an H200 at 4x4x128x128x64: forward 0.069 ms against
-    0.092 for 4096-logit tiles and 8 warps; see benchmarks/README.md)."""
+    so the partial buffer stays small (with 4 warps, the fastest of ``benchmarks/losses.py --tune`` on an
+    H200 at 4x4x128x128x64: forward 0.069 ms against 0.092 for 4096-logit tiles and 8 warps; see
+    benchmarks/README.md)."""
     c_p2 = triton.next_power_of_2(c)
     block = block or max(16, min(512, 2048 // c_p2, triton.next_power_of_2(v)))
     blocks = triton.cdiv(v, block)

@@ -4,7 +4,8 @@
 Per image (``LesionMetrics.update``), M detections, N ground-truth lesions, T tags:
 
 - ``boxes`` (M, 4), ``gt_boxes`` (N, 4): (i0, j0, i1, j1) half-open pixel boxes, as ``Keys.BOXES``.
-- ``scores`` (M,); ``tags`` (M, T) tag probabilities; ``gt_tags`` (N, T) multi-hot, NaN where uncertain (T may be 0).
+- ``scores`` (M,); ``tags`` (M, T) tag probabilities; ``gt_tags`` (N, T) multi-hot, NaN where uncertain
+  (T may be 0).
 - optional ``masks`` (M, H, W) instance masks, ``gt_masks`` (N, H, W), and ``gt_box_masks`` (N, H, W), a mask
   predicted for each ground-truth box (MULAN's segmentation on given boxes); masks are binarised at 1/2.
 - optional ``diameters`` (M, 2), ``gt_diameters`` (N, 2): long and short axis in mm, NaN when unknown.
@@ -289,8 +290,9 @@ class LesionMetrics:
 
         Returns a dict: ``num_images``, ``num_lesions``, ``num_detections``; ``froc``: {IoU threshold:
         ``froc(...)``}; ``coco``: MONAI's COCO values by MONAI's names (NaN where undefined; empty without
-        lesions) and ``mAP`` (over ``COCO_IOU_RANGE``); ``tag_auc`` (T,) with NaN for tags whose matched pairs'
-        known labels hold one class only, listed in ``tag_auc_skipped``, and ``tag_auc_mean`` over the others;
+        lesions) and ``mAP`` (over ``COCO_IOU_RANGE``); ``tag_auc`` (T,) with NaN for tags whose matched
+        pairs' known labels hold one class only, listed in ``tag_auc_skipped``, and ``tag_auc_mean`` over the
+        others;
         ``tag_f1`` (T,) and ``tag_f1_mean`` when thresholds are given; ``dice_mean``, ``dice_count``;
         ``long_axis_mae_mm``, ``short_axis_mae_mm`` and the pairs behind each, ``long_axis_count``,
         ``short_axis_count``; ``score_at_1fp``: ``score_at_fp_rate`` at 1 false positive per image and IoU

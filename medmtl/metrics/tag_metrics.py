@@ -34,12 +34,11 @@ def tag_auc(probs, labels) -> np.ndarray:
     probs, labels, known = _pairs(probs, labels)
     auc = np.full(probs.shape[1], np.nan)
     for t in range(probs.shape[1]):
-        positive = labels[known[:, t], t]
+        p, positive = probs[known[:, t], t], labels[known[:, t], t]
         n_pos = int(positive.sum())
         n_neg = len(positive) - n_pos
         if n_pos and n_neg:
-            ranks = rankdata(probs[known[:, t], t])
-            auc[t] = (ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+            auc[t] = (rankdata(p)[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
     return auc
 
 
@@ -50,11 +49,11 @@ def choose_tag_thresholds(probs, labels) -> np.ndarray:
     probs, labels, known = _pairs(probs, labels)
     thresholds = np.full(probs.shape[1], np.inf)
     for t in range(probs.shape[1]):
-        positive = labels[known[:, t], t]
+        p, positive = probs[known[:, t], t], labels[known[:, t], t]
         if not positive.any():
             continue
-        order = np.argsort(-probs[known[:, t], t], kind="mergesort")
-        p, y = probs[known[:, t], t][order], positive[order]
+        order = np.argsort(-p, kind="mergesort")
+        p, y = p[order], positive[order]
         # Cutting after the last of each run of equal probabilities predicts that run and everything above.
         last = np.r_[p[1:] != p[:-1], True]
         true_pos = np.cumsum(y)[last]

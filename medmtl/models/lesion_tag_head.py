@@ -149,7 +149,8 @@ def contour_spectrum(
     size = torch.tensor([height, width], dtype=torch.float32, device=device)[None, :, None, None, None]
     grid = (points * 2 / size - 1).flip(1)  # (B, 2, N, R, K) as (x, y) in [-1, 1] (align_corners=False)
     grid = grid.permute(0, 2, 3, 4, 1).reshape(b, 1, -1, 2)
-    samples = nn.functional.grid_sample(features.float(), grid, align_corners=False).reshape(b, e, n, -1, angles)
+    samples = nn.functional.grid_sample(features.float(), grid, align_corners=False)
+    samples = samples.reshape(b, e, n, len(radii), angles)
     order = torch.arange(1, orders + 1, dtype=torch.float32, device=device)[:, None] * theta  # (F, K)
     basis = torch.cat((order.cos(), order.sin())).T / angles  # (K, 2F)
     re, im = (samples @ basis).chunk(2, dim=-1)
