@@ -4,8 +4,18 @@
 #   bash benchmarks/fetch_gpu_wheels.sh          # here, once: MONAI + pytorch-msssim into .whl/
 #   device run, carry [".whl"]:  bash benchmarks/gpu.sh            # full: about 8 minutes at most
 #   device run, carry [".whl"]:  QUICK=1 bash benchmarks/gpu.sh    # quick: about 3.5 minutes at most
+#   device run, carry [".whl"]:  PARTS="train recon" bash benchmarks/gpu.sh   # #3: about 9 minutes at most
 #
-# Steps (each with its own time limit, so a slow step cannot starve the next; full / QUICK=1):
+# PARTS (default "losses") picks what runs, in this order (train first: its checkpoint matters most):
+#   train   `medmtl fit -c configs/recon_seg_mni.yaml -c configs/recon_seg_mni_gpu.yaml` with TimeBudget's
+#           TRAIN_SECONDS (default 300), then `medmtl checkpoint slim` of its last checkpoint into
+#           $OUT/model.ckpt and the run's logs, CSV, config and panels into $OUT/train_run.tar.gz; TRAIN_ARGS
+#           adds `medmtl fit` arguments.                                                    TRAIN_SECONDS + 90 s
+#   recon   benchmarks/recon_seg_step.py at fastMRI knee size (15 coils, 640 x 368, 12 cascades, B = 1):
+#           medmtl joint / recon-only against MONAI's VarNet, fp32 and bf16 autocast;           150 s
+#   losses  the Triton loss kernels, steps 2-6 below.
+#
+# Loss steps (each with its own time limit, so a slow step cannot starve the next; full / QUICK=1):
 #   1. install the carried wheels from .whl/ into /tmp/site (the machine has no registry);   30 s / 30 s
 #   2. the CUDA tests: Triton against PyTorch (and float64) at real sizes, opcheck, compile;  120 s / 120 s
 #   3. the rest of tests/losses (PyTorch path, references) under this machine's torch,         120 s / skipped
@@ -26,6 +36,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
 PY=${PY:-python3}
+PARTS=${PARTS:-losses}
 
 # step LOG SECONDS COMMAND...: run COMMAND under a time limit, its output to the screen and $OUT/LOG.
 step() {
@@ -46,6 +57,27 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   $PY -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '|', torch.cuda.get_device_name())"
   $PY -c "import monai, pytorch_msssim; print('monai', monai.__version__)" || echo "monai / pytorch-msssim missing: run fetch_gpu_wheels.sh and carry .whl"
 } 2>&1 | tee "$OUT/env.txt"
+
+if [[ " $PARTS " == *" train "* ]]; then
+  TRAIN_SECONDS=${TRAIN_SECONDS:-300}
+  # DataLoader workers hand batches over in /dev/shm; a container's default 64 MiB is too small for 14 workers.
+  shm_kib=$(df -k --output=avail /dev/shm 2>/dev/null | tail -1 || echo 0)
+  if [ "${shm_kib:-0}" -lt 4000000 ]; then mount -o remount,size=16G /dev/shm 2>/dev/null || true; fi
+  df -h /dev/shm | tee -a "$OUT/env.txt"
+  rm -rf runs/recon_seg_mni_gpu
+  step fit.log $((TRAIN_SECONDS + 90)) $PY -m medmtl.cli fit -c configs/recon_seg_mni.yaml -c configs/recon_seg_mni_gpu.yaml \
+    --trainer.enable_progress_bar false --trainer.callbacks.init_args.seconds "$TRAIN_SECONDS" ${TRAIN_ARGS:-}
+  step slim.log 30 $PY -m medmtl.cli checkpoint slim --checkpoint runs/recon_seg_mni_gpu/checkpoints/last.ckpt \
+    --output "$OUT/model.ckpt"
+  tar -czf "$OUT/train_run.tar.gz" --exclude='*.ckpt' runs/recon_seg_mni_gpu "$OUT/fit.log" 2>/dev/null
+fi
+if [[ " $PARTS " == *" recon "* ]]; then
+  KNEE=(--coils 15 --size 640 368 --cascades 12 --rounds 1 --warmup 3 --steps 10)
+  step recon_step.md 150 bash -c "$PY benchmarks/recon_seg_step.py --device cuda --precision fp32 ${KNEE[*]} &&
+    $PY benchmarks/recon_seg_step.py --device cuda --precision bf16 ${KNEE[*]}"
+fi
+
+if [[ " $PARTS " != *" losses "* ]]; then exit 0; fi
 
 # --noconftest: the repo-wide tests/conftest.py builds k-space fixtures these tests do not use.
 PYTEST=($PY -m pytest -q -rfE --noconftest -p no:cacheprovider -m "not slow")

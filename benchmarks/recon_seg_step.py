@@ -12,10 +12,13 @@ medmtl; for MONAI the same reconstruction loss on its single output (L1 + 1 - SS
 maximum).
 Inference is one forward pass under ``torch.inference_mode``.
 
-Each (model, round) runs in its own child process, so peak memory is that model's alone: the peak resident set
-size (``getrusage`` ru_maxrss) minus the resident size just before the model is built (every module already
+Each (model, round) runs in its own child process, so peak memory is that model's alone. On the CPU it is the
+peak resident set size (``getrusage`` ru_maxrss) minus the resident size just before the model is built (every module already
 imported), so it counts weights, gradients, Adam state, activations and the allocator's slack, and not the
-interpreter, the libraries or the input.
+interpreter, the libraries or the input. On a GPU (``--device cuda``) it is ``torch.cuda.max_memory_allocated``
+minus what was allocated before the model was built (the input), and each timed call ends with
+``torch.cuda.synchronize``, so times are the GPU's. ``--precision bf16`` runs forward and loss under
+``torch.autocast(dtype=torch.bfloat16)``; the FFTs stay in float32 (no bfloat16 complex type).
 
 Times are wall-clock and process CPU seconds, each the fastest over the rounds and steps, and the ratios come
 from the same run. Other processes on a small machine stretch the wall times a lot (an OpenMP barrier waits
@@ -23,6 +26,7 @@ for its slowest thread, so one busy core can slow a 2-thread step tenfold); the 
 run is the measure that load disturbs least.
 
     .venv/bin/python benchmarks/recon_seg_step.py --coils 8 --size 256 256 --cascades 6 --threads 2
+    python3 benchmarks/recon_seg_step.py --device cuda --precision bf16 --coils 15 --size 640 368 --cascades 12
 """
 
 from __future__ import annotations
@@ -99,37 +103,61 @@ def build(name: str, cascades: int):
     return model, lambda b: sum(model.compute_losses(infer(b), b).values()), infer
 
 
-def _timed(fn, warmup: int, steps: int) -> list[tuple[float, float]]:
-    """(wall seconds, process CPU seconds) of each of ``steps`` calls after ``warmup`` untimed ones."""
+def _timed(fn, warmup: int, steps: int, sync=lambda: None) -> list[tuple[float, float]]:
+    """(wall seconds, process CPU seconds) of each of ``steps`` calls after ``warmup`` untimed ones; ``sync``
+    waits for the device at both ends of each call."""
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(steps):
         wall, cpu = time.perf_counter(), time.process_time()
         fn()
+        sync()
         times.append((time.perf_counter() - wall, time.process_time() - cpu))
     return times
 
 
-def child(name: str, sample: Path, cascades: int, threads: int, warmup: int, steps: int) -> dict:
-    """Measure one model in this process: step times, inference times, peak RSS growth in bytes."""
+def child(
+    name: str,
+    sample: Path,
+    cascades: int,
+    threads: int,
+    warmup: int,
+    steps: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> dict:
+    """Measure one model in this process: step times, inference times, peak memory growth in bytes."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    batch = torch.load(sample)
-    base = current_rss()
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    torch.backends.cudnn.benchmark = cuda  # fixed sizes: let cuDNN pick its fastest kernels (during warm-up)
+    batch = {k: v.to(dev) for k, v in torch.load(sample).items()}
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = current_rss()
     model, loss_fn, infer = build(name, cascades)
+    model.to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def train_step() -> None:
-        loss = loss_fn(batch)
+        with autocast:
+            loss = loss_fn(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    train = _timed(train_step, warmup, steps)
-    train_peak = peak_rss() - base
-    with torch.inference_mode():
-        inference = _timed(lambda: infer(batch), warmup, steps)
+    train = _timed(train_step, warmup, steps, sync)
+    train_peak = (torch.cuda.max_memory_allocated() if cuda else peak_rss()) - base
+    with torch.inference_mode(), autocast:
+        inference = _timed(lambda: infer(batch), warmup, steps, sync)
     return {
         "train": train,
         "infer": inference,
@@ -148,11 +176,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="child processes per model, interleaved")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast")
     parser.add_argument("--child", choices=MODELS, help=argparse.SUPPRESS)
     parser.add_argument("--sample", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = child(args.child, args.sample, args.cascades, args.threads, args.warmup, args.steps)
+        result = child(
+            args.child,
+            args.sample,
+            args.cascades,
+            args.threads,
+            args.warmup,
+            args.steps,
+            args.device,
+            args.precision,
+        )
         print(json.dumps(result))
         return
 
@@ -166,8 +205,14 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--child", name, "--sample", str(sample)]
                 cmd += ["--cascades", str(args.cascades), "--threads", str(args.threads)]
                 cmd += ["--warmup", str(args.warmup), "--steps", str(args.steps)]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                results[name].append(json.loads(out.strip().splitlines()[-1]))
+                cmd += ["--device", args.device, "--precision", args.precision]
+                run = subprocess.run(cmd, capture_output=True, text=True)
+                if run.returncode != 0:  # e.g. a model that cannot run at this precision: report, go on
+                    why = (run.stderr.strip().splitlines() or ["no output"])[-1]
+                    print(f"{name}: failed (exit {run.returncode}): {why}", flush=True)
+                    continue
+                results[name].append(json.loads(run.stdout.strip().splitlines()[-1]))
+    results = {name: runs for name, runs in results.items() if runs}
 
     def fastest(runs: list[dict], key: str, which: int) -> float:
         return min(t[which] for r in runs for t in r[key])
@@ -185,7 +230,8 @@ def main() -> None:
     ref = summary.get("monai")
     h, w = args.size
     print(
-        f"B=1, {args.coils} coils, {h}x{w}, {args.cascades} cascades, {args.threads} threads; fastest of "
+        f"B=1, {args.coils} coils, {h}x{w}, {args.cascades} cascades, {args.device} {args.precision}, "
+        f"{args.threads} threads; fastest of "
         f"{args.rounds} x {args.steps} steps; load average {load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after"
     )
@@ -194,11 +240,12 @@ def main() -> None:
         f"{'model':<7} {'params':>9} {'train s':>8} {'x MONAI':>8} {'train CPU s':>12} {'x MONAI':>8} "
         f"{'infer s':>8} {'x MONAI':>8} {'peak GiB':>9} {'x MONAI':>8}"
     )
+    digits = 4 if args.device != "cpu" else 2  # GPU steps take milliseconds
     for name, s in summary.items():
         ratio = {key: f"{s[key] / ref[key]:.2f}" if ref else "-" for key in columns}
         print(
-            f"{name:<7} {s['params']:>9} {s['train']:>8.2f} {ratio['train']:>8} {s['train_cpu']:>12.2f} "
-            f"{ratio['train_cpu']:>8} {s['infer']:>8.3f} {ratio['infer']:>8} {s['peak'] / 2**30:>9.2f} "
+            f"{name:<7} {s['params']:>9} {s['train']:>8.{digits}f} {ratio['train']:>8} {s['train_cpu']:>12.2f} "
+            f"{ratio['train_cpu']:>8} {s['infer']:>8.{digits + 1}f} {ratio['infer']:>8} {s['peak'] / 2**30:>9.2f} "
             f"{ratio['peak']:>8}"
         )
 

@@ -3,7 +3,8 @@
 ``MetricsJSON`` writes the logged metrics at the end of ``fit``, ``validate`` and ``test`` into one JSON file
 (one entry per command, so a validation run does not erase the training run's numbers) and prints where the
 run's outputs are. ``PredictionWriter`` writes the predictions file of DESIGN.md for every input file of
-``medmtl predict``. ``StepTimer`` writes the wall time of every training step and the peak memory of the run.
+``medmtl predict``. ``StepTimer`` writes the wall time of every training step and the peak memory of the run. ``TimeBudget`` fits
+the step count and the cosine learning rate to a wall-clock budget (a GPU lease).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from medmtl.inference import write_predictions
 from medmtl.io.atomic import atomic_path
@@ -168,6 +169,97 @@ class StepTimer(Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+class TimeBudget(Callback):
+    """Fits the number of training steps to a wall-clock budget, and the cosine learning rate with it.
+
+    A cosine schedule must know its length in steps, but how many steps fit in a GPU lease depends on the
+    machine. After ``skip`` warm-up steps, this callback times the next ``measure`` steps (everything between
+    them: data waits, the step, logging), then sets ``max_steps`` to the steps that fit in ``seconds`` from the
+    start of training, never above the configured ``max_steps``, and stretches or shrinks every
+    ``CosineAnnealingLR`` to end there (its ``T_max``, and the current learning rate put on the new curve).
+    It prints the chosen count: ``--trainer.max_steps N`` with ``T_max`` N repeats the run on any machine. The
+    choice is kept in the checkpoint, so a resumed run keeps it. Time spent in validation is not in the
+    measured window: ``reserve`` (a fraction of ``seconds``) is kept back for it and for the final checkpoint.
+    The last step is validated and checkpointed whatever ``val_check_interval`` is.
+
+    Args:
+        seconds: the training budget, from the first training step.
+        skip: warm-up steps (CUDA and cuDNN start-up, workers filling their queues) left out of the timing.
+        measure: steps timed after the warm-up.
+        reserve: fraction of ``seconds`` kept for validation, checkpoints and timing error.
+    """
+
+    def __init__(self, seconds: float, skip: int = 20, measure: int = 50, reserve: float = 0.1):
+        if not seconds > 0 or skip < 0 or measure < 1 or not 0 <= reserve < 1:
+            raise ValueError(
+                f"TimeBudget needs seconds > 0, skip >= 0, measure >= 1 and 0 <= reserve < 1; got {seconds}, "
+                f"{skip}, {measure}, {reserve}"
+            )
+        self.seconds, self.skip, self.measure, self.reserve = float(seconds), int(skip), int(measure), reserve
+        self.max_steps: int | None = None  # the choice, once made
+        self._start: float | None = None
+        self._mark: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"max_steps": self.max_steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.max_steps = state_dict.get("max_steps")
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.perf_counter()
+        if self.max_steps is not None:  # resumed: keep the choice
+            self._apply(trainer, self.max_steps)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.max_steps is None:
+            self._measure(trainer)
+        if self.max_steps is not None and trainer.global_step >= self.max_steps:
+            # Stopping (not just running out of steps) makes Lightning validate this last step, so the final
+            # weights get their metrics and last.ckpt (it validates every val_check_interval only).
+            trainer.should_stop = True
+
+    def _measure(self, trainer: Trainer) -> None:
+        if self._start is None:
+            return
+        now, step = time.perf_counter(), trainer.global_step
+        if self._mark is None:
+            if step >= self.skip:
+                self._mark, self._mark_step = now, step
+            return
+        if step - self._mark_step < self.measure:
+            return
+        per_step = (now - self._mark) / (step - self._mark_step)
+        left = self.seconds * (1 - self.reserve) - (now - self._start)
+        steps = step + max(0, int(left / per_step))
+        if trainer.max_steps > 0:
+            steps = min(steps, trainer.max_steps)
+        steps = trainer.strategy.broadcast(steps, src=0)  # ranks must stop together
+        self.max_steps = steps
+        self._apply(trainer, steps)
+        rank_zero_info(
+            f"TimeBudget: {per_step * 1000:.1f} ms per step over steps {self._mark_step}-{step}; "
+            f"max_steps set to {steps} for {self.seconds:.0f} s (repeat with --trainer.max_steps {steps} "
+            f"and the cosine's T_max {steps})"
+        )
+
+    @staticmethod
+    def _apply(trainer: Trainer, steps: int) -> None:
+        trainer.fit_loop.epoch_loop.max_steps = steps
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+                continue
+            scheduler.T_max = steps
+            t = min(scheduler.last_epoch, steps)
+            for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = (
+                    scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t / steps)) / 2
+                )
 
 
 class PredictionWriter(BasePredictionWriter):
