@@ -202,6 +202,8 @@ class TimeBudget(Callback):
         self._start: float | None = None
         self._mark: float | None = None
 
+    _clock = staticmethod(time.perf_counter)
+
     def state_dict(self) -> dict[str, Any]:
         return {"max_steps": self.max_steps}
 
@@ -209,7 +211,7 @@ class TimeBudget(Callback):
         self.max_steps = state_dict.get("max_steps")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start = time.perf_counter()
+        self._start = self._clock()
         if self.max_steps is not None:  # resumed: keep the choice
             self._apply(trainer, self.max_steps)
 
@@ -226,7 +228,7 @@ class TimeBudget(Callback):
     def _measure(self, trainer: Trainer) -> None:
         if self._start is None:
             return
-        now, step = time.perf_counter(), trainer.global_step
+        now, step = self._clock(), trainer.global_step
         if self._mark is None:
             if step >= self.skip:
                 self._mark, self._mark_step = now, step
