@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from medmtl.balancing import Balancer, FixedWeights
-from medmtl.errors import ConfigError
+from medmtl.errors import ConfigError, InputError
 from medmtl.keys import MNI_CLASSES, Keys
 from medmtl.lightning.lesion_eval import LesionEvaluation
 from medmtl.lightning.panels import save_panel
@@ -73,6 +73,55 @@ def with_acs(batch: dict[str, Any]) -> dict[str, Any]:
     return {**batch, Keys.ACS: torch.stack([acs_mask_from_mask(m) for m in batch[Keys.MASK]])}
 
 
+def freeze_except(model: nn.Module, names: Sequence[str]) -> None:
+    """Freeze every parameter of ``model`` outside its submodules ``names``."""
+    modules = dict(model.named_modules())
+    unknown = [n for n in names if n not in modules or not n]
+    if unknown or not names:
+        raise ConfigError(
+            "train_only",
+            f"{list(unknown or names)}: name submodules of {type(model).__name__}, e.g. "
+            f"{', '.join(n for n, _ in model.named_children())}",
+        )
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(any(name == n or name.startswith(n + ".") for n in names))
+
+
+def load_initial_weights(model: nn.Module, path: str) -> None:
+    """Copy the network weights of the checkpoint ``path`` into ``model`` (``MultitaskModule``'s
+    ``init_weights``): by name, a grown input-channel dimension filled in its leading channels."""
+    from medmtl.inference import _load_checkpoint
+
+    stored = {
+        k.removeprefix("model."): v
+        for k, v in _load_checkpoint(Path(path))["state_dict"].items()
+        if k.startswith("model.")
+    }
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(stored)), sorted(set(stored) - set(own))
+    if missing or unexpected:
+        raise InputError(
+            path,
+            f"init_weights: names differ from the network's (missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]})",
+        )
+    with torch.no_grad():
+        for name, tensor in own.items():
+            value = stored[name]
+            if value.shape == tensor.shape:
+                tensor.copy_(value)
+            elif (
+                value.dim() == tensor.dim() >= 2
+                and value.shape[0] == tensor.shape[0]
+                and (value.shape[1] < tensor.shape[1] and value.shape[2:] == tensor.shape[2:])
+            ):
+                tensor[:, : value.shape[1]].copy_(value)
+            else:
+                raise InputError(
+                    path, f"init_weights: {name} is {tuple(value.shape)} there and {tuple(tensor.shape)} here"
+                )
+
+
 class MultitaskModule(LightningModule):
     """Trains and evaluates a multitask network (see the module docstring).
 
@@ -94,6 +143,13 @@ class MultitaskModule(LightningModule):
         lesion_refined: lesion networks are scored with their score-refinement outputs where they have them;
             False scores the raw detection and tag heads instead (the refinement ablation,
             ``benchmarks/lesion_ablation.py``).
+        init_weights: a ``medmtl fit`` checkpoint (full or slim) whose network weights ``fit`` starts from: a
+            fine-tune, not a resume (no optimiser state, step or data position; ``--ckpt_path`` resumes, and
+            then wins). Weights match by name. A convolution that reads more input channels than the stored one
+            (a head given new inputs) takes the stored weights in its leading channels and keeps its own for
+            the rest; any other difference is one error naming the weight.
+        train_only: names of the network's submodules to train (e.g. ``[tag_head, refiner]``); every other
+            parameter is frozen. None trains all.
     """
 
     def __init__(
@@ -108,6 +164,8 @@ class MultitaskModule(LightningModule):
         class_names: Sequence[str] = MNI_CLASSES,
         panel_every_n_val_steps: int = 50,
         lesion_refined: bool = True,
+        init_weights: str | None = None,
+        train_only: Sequence[str] | None = None,
     ):
         super().__init__()
         # Under LightningCLI the hyper-parameters are the parsed config (class paths and init args), which is
@@ -133,6 +191,9 @@ class MultitaskModule(LightningModule):
             raise ConfigError("panel_every_n_val_steps", f"must be >= 0, got {panel_every_n_val_steps}")
         self.automatic_optimization = False
         self.model = model
+        self.init_weights = init_weights
+        if train_only is not None:
+            freeze_except(model, train_only)
         self.balancer = balancer if balancer is not None else FixedWeights()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -162,7 +223,7 @@ class MultitaskModule(LightningModule):
 
     # ------------------------------------------------------------------ setup
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
@@ -172,6 +233,8 @@ class MultitaskModule(LightningModule):
         }
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.init_weights is not None:
+            load_initial_weights(self.model, self.init_weights)
         if self.balancer.does_backward and self.trainer.precision in ("16-mixed", "16"):
             # Such a balancer calls backward itself, past the fp16 loss scaler.
             raise ConfigError(

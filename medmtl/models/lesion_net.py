@@ -65,7 +65,7 @@ from medmtl.transforms.context import DEFAULT_INTERVAL_MM, DEFAULT_NUM_SLICES, c
 
 TASKS = ("det", "tag", "mask", "refine")
 POSITIONS = ("array", "patient")
-TAG_POOLINGS = ("cell", "box", "contour")
+TAG_POOLINGS = ("cell", "box", "contour", "outline")
 
 
 def reads_patient_frame(tasks: Sequence[str], refine_position: str) -> bool:
@@ -131,8 +131,9 @@ class LesionNet(nn.Module):
             position, MULAN's) or ``"patient"`` (the patient frame; see the module docstring).
         tag_pooling: what the tag head reads: ``"cell"`` (the cell's features), ``"box"`` (also the means
             over its predicted box's regions, ``medmtl.models.lesion_tag_head.BoxPooledTagHead``) or
-            ``"contour"`` (as ``"box"``, and the contour spectra about that box).
-        tag_chans: channels of the box-pooled features (``"box"`` and ``"contour"``).
+            ``"contour"`` (as ``"box"``, and the contour spectra about that box) or ``"outline"`` (as ``"box"``,
+            and the spectra of the key image on rings about that box, at full resolution).
+        tag_chans: channels of the box-pooled features (every ``tag_pooling`` but ``"cell"``).
 
     ``num_slices``, ``interval_mm``, ``window``, ``num_clinical`` and ``refine_position`` are the network's input
     contract: the training data, the
@@ -209,7 +210,12 @@ class LesionNet(nn.Module):
                 dense_head(chans, num_tags)
                 if tag_pooling == "cell"
                 else BoxPooledTagHead(
-                    chans, self.trunk.widths[0], num_tags, tag_chans, contour=tag_pooling == "contour"
+                    chans,
+                    self.trunk.widths[0],
+                    num_tags,
+                    tag_chans,
+                    contour=tag_pooling == "contour",
+                    outline=tag_pooling == "outline",
                 )
             )
             if tag_pos_weight is not None:
@@ -273,7 +279,8 @@ class LesionNet(nn.Module):
             if self.tag_pooling != "cell":
                 # The stride-2 map of the input's pixels, without the padding: boxes clip to the image.
                 stride2 = crop_to(features.stride2, (height + 1) // 2, (width + 1) // 2)
-                tags = self.tag_head(x, stride2, size, offset)
+                key_image = context[:, context.shape[1] // 2 :][:, :1]  # the centre slice
+                tags = self.tag_head(x, stride2, size, offset, key_image)
             else:
                 tags = crop_to(self.tag_head(x), h, w)
         mask = None
