@@ -43,7 +43,7 @@ def _batch(samples, tags) -> dict:
     }
 
 
-@pytest.mark.parametrize("tag_pooling", ["cell", "box", "contour"])
+@pytest.mark.parametrize("tag_pooling", ["cell", "box", "contour", "outline"])
 @pytest.mark.parametrize(("height", "width"), [(33, 47), (48, 48), (17, 20), (5, 3)])
 def test_output_shapes_at_odd_sizes(height, width, tag_pooling):
     torch.manual_seed(0)
@@ -221,7 +221,7 @@ def test_refinement_starts_as_the_identity_and_trains_only_itself():
     assert with_grad == {"refiner"}
 
 
-@pytest.mark.parametrize("tag_pooling", ["cell", "box", "contour"])
+@pytest.mark.parametrize("tag_pooling", ["cell", "box", "contour", "outline"])
 def test_a_tiny_network_overfits_two_images(tag_pooling):
     torch.manual_seed(0)
     samples = [_disc_sample(48, 48, (14, 30), 6, seed=0), _disc_sample(48, 48, (33, 12), 8, seed=1)]

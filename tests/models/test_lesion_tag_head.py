@@ -17,6 +17,8 @@ from medmtl.models.lesion_tag_head import (
     CONTOUR_ANGLES,
     CONTOUR_ORDERS,
     CONTOUR_RADII,
+    OUTLINE_ANGLES,
+    OUTLINE_RADII,
     BoxPooledTagHead,
     contour_spectrum,
     region_means,
@@ -56,7 +58,9 @@ def test_region_means_match_a_brute_force_mean():
     assert means.shape == (b, 3 * c, n) and means.dtype == features.dtype
     for i in range(b):
         for k in range(n):
-            want = _brute_means(features[i], centres[i, :, k].tolist(), extents[i, :, k].tolist(), height, width)
+            want = _brute_means(
+                features[i], centres[i, :, k].tolist(), extents[i, :, k].tolist(), height, width
+            )
             for r in range(3):
                 torch.testing.assert_close(
                     means[i, r * c : (r + 1) * c, k].double(), want[r], atol=2e-6, rtol=1e-5
@@ -198,7 +202,41 @@ def test_the_pooled_map_is_the_image_without_padding(monkeypatch):
     assert seen and seen[0][-2:] == (17, 24)
 
 
-@pytest.mark.parametrize(("kwargs", "key"), [({"tag_pooling": "roi"}, "tag_pooling"), ({"tag_chans": 0}, "tag_chans")])
+@pytest.mark.parametrize(
+    ("kwargs", "key"), [({"tag_pooling": "roi"}, "tag_pooling"), ({"tag_chans": 0}, "tag_chans")]
+)
 def test_bad_tag_pooling_is_refused(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         LesionNet(num_tags=3, widths=(4, 8), **{"tag_pooling": "box", **kwargs})
+
+
+def test_outline_spectra_are_the_key_image_at_full_resolution():
+    """tag_pooling "outline": the last inputs of the tag MLP are contour_spectrum of the context's centre
+    slice about each cell's box in input pixels, and start at zero weight (the box head's tags)."""
+    torch.manual_seed(5)
+    box = LesionNet(num_tags=3, widths=(4, 8, 8), tag_pooling="box").eval()
+    outline = LesionNet(num_tags=3, widths=(4, 8, 8), tag_pooling="outline").eval()
+    state = box.state_dict()
+    own = outline.state_dict()
+    grown = "tag_head.classify.0.weight"
+    state[grown] = torch.cat((state[grown], own[grown][:, state[grown].shape[1] :]), dim=1)
+    outline.load_state_dict(state)
+    context = torch.rand(2, 9, 30, 26)
+    seen = []
+    head = outline.tag_head
+    real = head.pooled
+    head.pooled = lambda *a: seen.append(a) or real(*a)
+    with torch.no_grad():
+        position = torch.tensor([0.3, 0.6])
+        torch.testing.assert_close(outline(context, position).tags, box(context, position).tags)
+        stride4, stride2, size, offset, image = seen[0]
+        torch.testing.assert_close(image, context[:, 4:5])
+        h, w = size.shape[-2:]
+        cells = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).float()[None]
+        centres = ((cells + offset) * 4).flatten(2)  # input pixels: stride 4
+        extents = size.clamp(0.0, math.log(4096)).exp().flatten(2)  # LOG_SIZE_RANGE
+        want = contour_spectrum(image, centres, extents, OUTLINE_RADII, OUTLINE_ANGLES).reshape(2, -1, h, w)
+        got = real(stride4, stride2, size, offset, image)[:, -want.shape[1] :]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="needs the key image"):
+        real(stride4, stride2, size, offset)
