@@ -4,15 +4,16 @@
 #   bash benchmarks/fetch_gpu_wheels.sh          # here, once: MONAI + pytorch-msssim into .whl/
 #   device run, carry [".whl"]:  bash benchmarks/gpu.sh            # full: about 8 minutes at most
 #   device run, carry [".whl"]:  QUICK=1 bash benchmarks/gpu.sh    # quick: about 3.5 minutes at most
-#   device run, carry [".whl"]:  PARTS="train recon" bash benchmarks/gpu.sh   # #3: about 9 minutes at most
+#   device run, carry [".whl"]:  PARTS="train recon" TRAIN_SECONDS=200 bash benchmarks/gpu.sh  # #3: TRAIN_SECONDS + 6.5 min at most
 #
 # PARTS (default "losses") picks what runs, in this order (train first: its checkpoint matters most):
 #   train   `medmtl fit -c configs/recon_seg_mni.yaml -c configs/recon_seg_mni_gpu.yaml` with TimeBudget's
 #           TRAIN_SECONDS (default 300), then `medmtl checkpoint slim` of its last checkpoint into
-#           $OUT/model.ckpt and the run's logs, CSV, config and panels into $OUT/train_run.tar.gz; TRAIN_ARGS
+#           $OUT/model.ckpt (in 15 MiB parts when larger) and the run's logs, CSV, config and panels into $OUT/train_run.tar.gz; TRAIN_ARGS
 #           adds `medmtl fit` arguments.                                                    TRAIN_SECONDS + 90 s
 #   recon   benchmarks/recon_seg_step.py at fastMRI knee size (15 coils, 640 x 368, 12 cascades, B = 1):
-#           medmtl joint / recon-only against MONAI's VarNet, fp32 and bf16 autocast;           150 s
+#           medmtl joint / recon-only against MONAI's VarNet, fp32 and bf16 autocast, eager and replayed
+#           from a CUDA graph;                                                                300 s
 #   losses  the Triton loss kernels, steps 2-6 below.
 #
 # Loss steps (each with its own time limit, so a slow step cannot starve the next; full / QUICK=1):
@@ -69,11 +70,16 @@ if [[ " $PARTS " == *" train "* ]]; then
     --trainer.enable_progress_bar false --trainer.callbacks.init_args.seconds "$TRAIN_SECONDS" ${TRAIN_ARGS:-}
   step slim.log 30 $PY -m medmtl.cli checkpoint slim --checkpoint runs/recon_seg_mni_gpu/checkpoints/last.ckpt \
     --output "$OUT/model.ckpt"
+  # The device tool returns files of at most 16 MiB: a larger checkpoint comes back in parts (join them with
+  # `cat model.ckpt.part* > model.ckpt`).
+  if [ -f "$OUT/model.ckpt" ] && [ "$(stat -c %s "$OUT/model.ckpt")" -gt 15728640 ]; then
+    split -b 15M "$OUT/model.ckpt" "$OUT/model.ckpt.part" && rm "$OUT/model.ckpt"
+  fi
   tar -czf "$OUT/train_run.tar.gz" --exclude='*.ckpt' runs/recon_seg_mni_gpu "$OUT/fit.log" 2>/dev/null
 fi
 if [[ " $PARTS " == *" recon "* ]]; then
-  KNEE=(--coils 15 --size 640 368 --cascades 12 --rounds 1 --warmup 3 --steps 10)
-  step recon_step.md 150 bash -c "$PY benchmarks/recon_seg_step.py --device cuda --precision fp32 ${KNEE[*]} &&
+  KNEE=(--coils 15 --size 640 368 --cascades 12 --rounds 1 --warmup 3 --steps 10 --cuda-graph)
+  step recon_step.md 300 bash -c "$PY benchmarks/recon_seg_step.py --device cuda --precision fp32 ${KNEE[*]} &&
     $PY benchmarks/recon_seg_step.py --device cuda --precision bf16 ${KNEE[*]}"
 fi
 

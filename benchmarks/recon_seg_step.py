@@ -127,8 +127,11 @@ def child(
     steps: int,
     device: str = "cpu",
     precision: str = "fp32",
+    cuda_graph: bool = False,
 ) -> dict:
-    """Measure one model in this process: step times, inference times, peak memory growth in bytes."""
+    """Measure one model in this process: step times, inference times, peak memory growth in bytes; with
+    ``cuda_graph`` also the training step captured whole in a CUDA graph and replayed (``graph_train``), or
+    why it could not be captured (``graph_error``)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -158,12 +161,48 @@ def child(
     train_peak = (torch.cuda.max_memory_allocated() if cuda else peak_rss()) - base
     with torch.inference_mode(), autocast:
         inference = _timed(lambda: infer(batch), warmup, steps, sync)
-    return {
+    result = {
         "train": train,
         "infer": inference,
         "peak_bytes": train_peak,
         "params": sum(p.numel() for p in model.parameters()),
     }
+    if cuda_graph and cuda:
+        try:
+            result["graph_train"] = _timed(
+                _graphed_step(model, loss_fn, batch, precision), warmup, steps, sync
+            )
+        except Exception as err:  # a data-dependent branch or host sync in the step: report, go on
+            result["graph_error"] = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    return result
+
+
+def _graphed_step(model, loss_fn, batch, precision: str):
+    """The whole training step (forward, loss, backward, Adam) captured in one CUDA graph: the replay launches
+    every kernel at once, so the host's per-kernel launch cost leaves the step. The input stays in place
+    (a training loop would copy each batch into it). PyTorch's whole-network capture recipe: warm up on a side
+    stream, free the gradients, capture; Adam with ``capturable=True``; autocast without its cast cache."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=True)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
+
+    def step() -> None:
+        with autocast:
+            loss = loss_fn(batch)
+        loss.backward()
+        optimizer.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def main() -> None:
@@ -178,6 +217,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast")
+    parser.add_argument(
+        "--cuda-graph", action="store_true", help="on a GPU, also time the step replayed from a CUDA graph"
+    )
     parser.add_argument("--child", choices=MODELS, help=argparse.SUPPRESS)
     parser.add_argument("--sample", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -191,6 +233,7 @@ def main() -> None:
             args.steps,
             args.device,
             args.precision,
+            args.cuda_graph,
         )
         print(json.dumps(result))
         return
@@ -206,6 +249,7 @@ def main() -> None:
                 cmd += ["--cascades", str(args.cascades), "--threads", str(args.threads)]
                 cmd += ["--warmup", str(args.warmup), "--steps", str(args.steps)]
                 cmd += ["--device", args.device, "--precision", args.precision]
+                cmd += ["--cuda-graph"] if args.cuda_graph else []
                 run = subprocess.run(cmd, capture_output=True, text=True)
                 if run.returncode != 0:  # e.g. a model that cannot run at this precision: report, go on
                     why = (run.stderr.strip().splitlines() or ["no output"])[-1]
@@ -248,6 +292,22 @@ def main() -> None:
             f"{ratio['train_cpu']:>8} {s['infer']:>8.{digits + 1}f} {ratio['infer']:>8} {s['peak'] / 2**30:>9.2f} "
             f"{ratio['peak']:>8}"
         )
+    if args.cuda_graph and args.device != "cpu":
+        ref_graph = _graph_time(results.get("monai", []))
+        print("training step replayed from one CUDA graph (same input; fastest):")
+        for name, runs in results.items():
+            graph = _graph_time(runs)
+            if graph is None:
+                errors = {r.get("graph_error", "not measured") for r in runs}
+                print(f"  {name:<7} not captured: {'; '.join(sorted(errors))}")
+                continue
+            ratio = f"{graph / ref_graph:.2f} x MONAI graph" if ref_graph else "-"
+            print(f"  {name:<7} {graph:.4f} s ({graph / summary[name]['train']:.2f} x eager; {ratio})")
+
+
+def _graph_time(runs: list[dict]) -> float | None:
+    times = [t[0] for r in runs for t in r.get("graph_train", [])]
+    return min(times) if times else None
 
 
 if __name__ == "__main__":

@@ -219,7 +219,7 @@ class BoxPooledTagHead(nn.Module):
     ) -> torch.Tensor:
         """The MLP's input (B, C + 3 P (+ S) (+ O), h, w): the cell's features, its three region means (and
         its contour spectra, S = ``CONTOUR_CHANS`` x rings x (orders + 1); and the outline spectra of
-        ``image``, O = ``OUTLINE_RADII`` x (orders + 1)).
+        ``image``, O = ``OUTLINE_RADII`` x (orders + 1), with the magnitudes as logs).
 
         stride4: (B, C, h', w') trunk map, h' >= h (padded maps are cropped). stride2: (B, C2, ceil(H / 2),
         ceil(W / 2)) for an H x W input, h = ceil(H / 4). size: (B, 2, h, w) log box extents in input pixels
@@ -243,6 +243,10 @@ class BoxPooledTagHead(nn.Module):
             if image is None:
                 raise ValueError("a tag head with outline=True needs the key image")
             spectra = contour_spectrum(image, centres * scale, extents * scale, OUTLINE_RADII, OUTLINE_ANGLES)
+            spectra = spectra.reshape(b, len(OUTLINE_RADII), CONTOUR_ORDERS + 1, h, w)
+            # Ring means as they are (intensities in [0, 1]); the magnitudes, 1e-3 to about 0.1, as logs: O(1)
+            # inputs whose differences are contrast ratios between orders.
+            spectra = torch.cat((spectra[:, :, :1], spectra[:, :, 1:].log()), dim=2)
             parts.append(spectra.reshape(b, -1, h, w))
         return torch.cat(parts, dim=1)
 

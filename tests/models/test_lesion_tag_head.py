@@ -235,7 +235,9 @@ def test_outline_spectra_are_the_key_image_at_full_resolution():
         cells = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).float()[None]
         centres = ((cells + offset) * 4).flatten(2)  # input pixels: stride 4
         extents = size.clamp(0.0, math.log(4096)).exp().flatten(2)  # LOG_SIZE_RANGE
-        want = contour_spectrum(image, centres, extents, OUTLINE_RADII, OUTLINE_ANGLES).reshape(2, -1, h, w)
+        want = contour_spectrum(image, centres, extents, OUTLINE_RADII, OUTLINE_ANGLES)
+        want = want.reshape(2, len(OUTLINE_RADII), CONTOUR_ORDERS + 1, h, w)
+        want = torch.cat((want[:, :, :1], want[:, :, 1:].log()), dim=2).reshape(2, -1, h, w)
         got = real(stride4, stride2, size, offset, image)[:, -want.shape[1] :]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="needs the key image"):
