@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# The loss checks and benchmarks for a lent GPU machine, in one command of under 10 minutes.
+# The checks and benchmarks for a lent GPU machine, each set in one command of under 10 minutes.
 #
-#   bash benchmarks/fetch_gpu_wheels.sh          # here, once: MONAI + pytorch-msssim into .whl/
+#   bash benchmarks/fetch_gpu_wheels.sh          # here, once: the wheels the machine lacks, into .whl/
 #   device run, carry [".whl"]:  bash benchmarks/gpu.sh            # full: about 8 minutes at most
 #   device run, carry [".whl"]:  QUICK=1 bash benchmarks/gpu.sh    # quick: about 3.5 minutes at most
-#   device run, carry [".whl"]:  PARTS="train recon" TRAIN_SECONDS=200 bash benchmarks/gpu.sh  # #3: TRAIN_SECONDS + 6.5 min at most
+#   device run, carry [".whl"]:  PARTS="train recon" TRAIN_SECONDS=200 bash benchmarks/gpu.sh
+#                                # #3: TRAIN_SECONDS + 6.5 minutes at most
 #
 # PARTS (default "losses") picks what runs, in this order (train first: its checkpoint matters most):
 #   train   `medmtl fit -c configs/recon_seg_mni.yaml -c configs/recon_seg_mni_gpu.yaml` with TimeBudget's
 #           TRAIN_SECONDS (default 300), then `medmtl checkpoint slim` of its last checkpoint into
-#           $OUT/model.ckpt (in 15 MiB parts when larger) and the run's logs, CSV, config and panels into $OUT/train_run.tar.gz; TRAIN_ARGS
-#           adds `medmtl fit` arguments.                                                    TRAIN_SECONDS + 90 s
+#           $OUT/model.ckpt (in 15 MiB parts when larger) and the run's logs, CSV, config and panels into
+#           $OUT/train_run.tar.gz; TRAIN_ARGS adds `medmtl fit` arguments.                 TRAIN_SECONDS + 90 s
 #   recon   benchmarks/recon_seg_step.py at fastMRI knee size (15 coils, 640 x 368, 12 cascades, B = 1):
 #           medmtl joint / recon-only against MONAI's VarNet, fp32 and bf16 autocast, eager and replayed
 #           from a CUDA graph;                                                                300 s

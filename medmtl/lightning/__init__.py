@@ -5,4 +5,12 @@ from medmtl.lightning.csv_logger import CSVLogger
 from medmtl.lightning.model_checkpoint import ModelCheckpoint
 from medmtl.lightning.module import MultitaskModule
 
-__all__ = ["CSVLogger", "MetricsJSON", "ModelCheckpoint", "MultitaskModule", "PredictionWriter", "StepTimer", "TimeBudget"]
+__all__ = [
+    "CSVLogger",
+    "MetricsJSON",
+    "ModelCheckpoint",
+    "MultitaskModule",
+    "PredictionWriter",
+    "StepTimer",
+    "TimeBudget",
+]

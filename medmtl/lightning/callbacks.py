@@ -3,8 +3,8 @@
 ``MetricsJSON`` writes the logged metrics at the end of ``fit``, ``validate`` and ``test`` into one JSON file
 (one entry per command, so a validation run does not erase the training run's numbers) and prints where the
 run's outputs are. ``PredictionWriter`` writes the predictions file of DESIGN.md for every input file of
-``medmtl predict``. ``StepTimer`` writes the wall time of every training step and the peak memory of the run. ``TimeBudget`` fits
-the step count and the cosine learning rate to a wall-clock budget (a GPU lease).
+``medmtl predict``. ``StepTimer`` writes the wall time of every training step and the peak memory of the run.
+``TimeBudget`` fits the step count and the cosine learning rate to a wall-clock budget (a GPU lease).
 """
 
 from __future__ import annotations
