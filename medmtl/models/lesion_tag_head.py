@@ -250,13 +250,6 @@ class BoxPooledTagHead(nn.Module):
             parts.append(spectra.reshape(b, -1, h, w))
         return torch.cat(parts, dim=1)
 
-    def forward(
-        self,
-        stride4: torch.Tensor,
-        stride2: torch.Tensor,
-        size: torch.Tensor,
-        offset: torch.Tensor,
-        image: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """(B, T, h, w) tag logits; arguments as ``pooled``."""
-        return self.classify(self.pooled(stride4, stride2, size, offset, image))
+    def forward(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, h, w) tag logits of ``pooled(stride4, stride2, size, offset[, image])``."""
+        return self.classify(self.pooled(*inputs))
