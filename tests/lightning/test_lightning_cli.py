@@ -187,13 +187,23 @@ def test_bad_config_in_a_subprocess_has_no_traceback(tmp_path):
     assert out.stderr.strip().count("\n") == 0 and "nope.yaml" in out.stderr
 
 
-@pytest.mark.parametrize("name", ["recon_seg_mni.yaml", "demo_cpu.yaml"])
-def test_shipped_configs_parse(name, capsys):
-    # --print_config parses and validates the whole file without building anything.
+@pytest.mark.parametrize(
+    ("names", "network"),
+    [
+        (["recon_seg_mni.yaml"], "ReconSegNet"),
+        (["demo_cpu.yaml"], "ReconSegNet"),
+        (["recon_seg_mni.yaml", "recon_seg_mni_gpu.yaml"], "TimeBudget"),
+        (["lesion_mni.yaml"], "tag_pooling: outline"),
+        (["lesion_mni.yaml", "lesion_mni_outline.yaml"], "init_weights: models/lesion_mni/box_stage.ckpt"),
+    ],
+)
+def test_shipped_configs_parse(names, network, capsys):
+    # --print_config parses and validates the whole file (and overlays) without building anything.
+    files = [arg for name in names for arg in ("-c", str(REPO / "configs" / name))]
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "-c", str(REPO / "configs" / name), "--print_config"])
+        main(["fit", *files, "--print_config"])
     assert exit_info.value.code == 0
-    assert "ReconSegNet" in capsys.readouterr().out
+    assert network in capsys.readouterr().out
 
 
 def test_recon_seg_reads_the_fit_checkpoint(fitted, make_kspace, tmp_path):
