@@ -4,8 +4,8 @@
 #   bash benchmarks/fetch_gpu_wheels.sh          # here, once: the wheels the machine lacks, into .whl/
 #   device run, carry [".whl"]:  bash benchmarks/gpu.sh            # full: about 8 minutes at most
 #   device run, carry [".whl"]:  QUICK=1 bash benchmarks/gpu.sh    # quick: about 3.5 minutes at most
-#   device run, carry [".whl"]:  PARTS="train recon" TRAIN_SECONDS=200 bash benchmarks/gpu.sh
-#                                # #3: TRAIN_SECONDS + 6.5 minutes at most
+#   device run, carry [".whl"]:  PARTS="train recon" TRAIN_SECONDS=120 bash benchmarks/gpu.sh
+#                                # #3: TRAIN_SECONDS + 7.5 minutes at most (the steps' limits)
 #
 # PARTS (default "losses") picks what runs, in this order (train first: its checkpoint matters most):
 #   train   `medmtl fit -c configs/recon_seg_mni.yaml -c configs/recon_seg_mni_gpu.yaml` with TimeBudget's

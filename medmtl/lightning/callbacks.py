@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from medmtl.inference import write_predictions
 from medmtl.io.atomic import atomic_path
@@ -255,6 +255,9 @@ class TimeBudget(Callback):
         for config in trainer.lr_scheduler_configs:
             scheduler = config.scheduler
             if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+                rank_zero_warn(
+                    f"TimeBudget refits CosineAnnealingLR only; {type(scheduler).__name__} keeps its own length"
+                )
                 continue
             scheduler.T_max = steps
             t = min(scheduler.last_epoch, steps)

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
@@ -105,6 +106,7 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
             f"init_weights: names differ from the network's (missing {missing[:5]}, unexpected "
             f"{unexpected[:5]})",
         )
+    grown = []
     with torch.no_grad():
         for name, tensor in own.items():
             value = stored[name]
@@ -116,10 +118,15 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
                 and (value.shape[1] < tensor.shape[1] and value.shape[2:] == tensor.shape[2:])
             ):
                 tensor[:, : value.shape[1]].copy_(value)
+                grown.append(f"{name} ({value.shape[1]} -> {tensor.shape[1]} inputs)")
             else:
                 raise InputError(
                     path, f"init_weights: {name} is {tuple(value.shape)} there and {tuple(tensor.shape)} here"
                 )
+    rank_zero_info(
+        f"init_weights: {len(own)} tensors from {path}"
+        + (f"; grown, new inputs keep this network's weights: {', '.join(grown)}" if grown else "")
+    )
 
 
 class MultitaskModule(LightningModule):

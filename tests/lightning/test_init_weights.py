@@ -40,11 +40,20 @@ def test_grown_input_channels_take_the_stored_weights_first(tmp_path):
     torch.manual_seed(0)
     box = LesionNet(num_tags=3, widths=(4, 8), tag_pooling="box")
     outline = LesionNet(num_tags=3, widths=(4, 8), tag_pooling="outline")
-    load_initial_weights(outline, _checkpoint(tmp_path / "box.ckpt", box))
     stored, grown = box.tag_head.classify[0].weight, outline.tag_head.classify[0].weight
-    torch.testing.assert_close(grown[:, : stored.shape[1]], stored)
-    assert not grown[:, stored.shape[1] :].any()  # the outline inputs start at zero weight
+    n = stored.shape[1]
+    with torch.no_grad():
+        grown[:, n:] = 0.25  # this network's own weights for the new inputs
+    load_initial_weights(outline, _checkpoint(tmp_path / "box.ckpt", box))
+    torch.testing.assert_close(grown[:, :n], stored)
+    assert (grown[:, n:] == 0.25).all()  # kept, not reset
     torch.testing.assert_close(outline.trunk.state_dict(), box.trunk.state_dict())
+    assert (
+        not LesionNet(num_tags=3, widths=(4, 8), tag_pooling="outline")
+        .tag_head.classify[0]
+        .weight[:, n:]
+        .any()
+    )
 
 
 def test_a_checkpoint_of_another_network_is_one_clear_error(tmp_path):

@@ -65,10 +65,36 @@ def test_budget_sets_steps_and_cosine_and_validates_the_last_step(tmp_path, monk
         assert logged[step] == pytest.approx(0.01 * (1 + math.cos(math.pi * step / 20)) / 2, rel=1e-5)
 
 
-def test_budget_is_kept_across_a_resume():
-    budget = TimeBudget(seconds=60)
-    budget.load_state_dict({"max_steps": 123})
-    assert budget.state_dict() == {"max_steps": 123}
+def test_budget_is_kept_across_a_resume(tmp_path, monkeypatch):
+    """A run resumed after TimeBudget chose keeps the choice (step count and cosine), even on a clock that would
+    choose otherwise."""
+    ticks = itertools.count()
+    monkeypatch.setattr(TimeBudget, "_clock", staticmethod(lambda: float(next(ticks))))
+    budget = {
+        "class_path": "medmtl.lightning.TimeBudget",
+        "init_args": {"seconds": 20, "skip": 2, "measure": 3, "reserve": 0.0},
+    }
+    model = {
+        "model": {"class_path": "medmtl.models.recon_seg.ReconSegNet", "init_args": TINY_NET},
+        "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}},
+        "scheduler": {
+            "class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
+            "init_args": {"T_max": 1000},
+        },
+        "scheduler_interval": "step",
+        "panel_every_n_val_steps": 0,
+    }
+    config = tiny_config(tmp_path, callbacks=[budget], trainer={"max_steps": 1000}, model=model)
+    assert (
+        main(["fit", "-c", str(config)]) == 0
+    )  # chose 20 at step 5 (as the test above), a checkpoint per step
+    (middle,) = (tmp_path / "run" / "checkpoints").glob("*step=10.ckpt")
+    # Resumed at step 10 on a clock ten times slower: choosing again would stop at step 14 (no time left).
+    ticks = itertools.count(step=10)
+    monkeypatch.setattr(TimeBudget, "_clock", staticmethod(lambda: float(next(ticks))))
+    assert main(["fit", "-c", str(config), "--ckpt_path", str(middle)]) == 0
+    final = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert final["global_step"] == 20 and final["lr_schedulers"][0]["T_max"] == 20
 
 
 @pytest.mark.parametrize(

@@ -242,3 +242,23 @@ def test_outline_spectra_are_the_key_image_at_full_resolution():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="needs the key image"):
         real(stride4, stride2, size, offset)
+
+
+def test_outline_spectra_of_a_uniform_image_are_its_value_and_the_magnitude_floor():
+    """A known answer: on a uniform image every ring's mean is the value and every Fourier magnitude is the
+    floor sqrt(_MAGNITUDE_EPS) = 1e-3, given as its log."""
+    head = BoxPooledTagHead(4, 3, num_tags=2, outline=True)
+    h, w = 6, 5
+    stride4, stride2 = torch.randn(1, 4, h, w), torch.randn(1, 3, 2 * h, 2 * w)
+    size = torch.full((1, 2, h, w), math.log(4.0))  # 4 x 4 px boxes: rings of radius <= 2.5 px
+    offset = torch.full((1, 2, h, w), 0.5)
+    image = torch.full((1, 1, 4 * h, 4 * w), 0.7)
+    with torch.no_grad():
+        got = head.pooled(stride4, stride2, size, offset, image)[
+            :, -len(OUTLINE_RADII) * (CONTOUR_ORDERS + 1) :
+        ]
+    rings = got.reshape(len(OUTLINE_RADII), CONTOUR_ORDERS + 1, h, w)[
+        ..., 1:-1, 1:-1
+    ]  # rings inside the image
+    torch.testing.assert_close(rings[:, 0], torch.full_like(rings[:, 0], 0.7))
+    torch.testing.assert_close(rings[:, 1:], torch.full_like(rings[:, 1:], math.log(1e-3)), atol=2e-2, rtol=0)
