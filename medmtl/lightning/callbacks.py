@@ -200,7 +200,8 @@ class TimeBudget(Callback):
         self.seconds, self.skip, self.measure, self.reserve = float(seconds), int(skip), int(measure), reserve
         self.max_steps: int | None = None  # the choice, once made
         self._start: float | None = None
-        self._mark: float | None = None
+        self._mark: float | None = None  # clock and step where the timed window starts
+        self._mark_step = 0
 
     _clock = staticmethod(time.perf_counter)
 

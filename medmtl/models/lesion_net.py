@@ -279,8 +279,8 @@ class LesionNet(nn.Module):
             if self.tag_pooling != "cell":
                 # The stride-2 map of the input's pixels, without the padding: boxes clip to the image.
                 stride2 = crop_to(features.stride2, (height + 1) // 2, (width + 1) // 2)
-                key_image = context[:, context.shape[1] // 2 :][:, :1]  # the centre slice
-                tags = self.tag_head(x, stride2, size, offset, key_image)
+                centre = context.shape[1] // 2
+                tags = self.tag_head(x, stride2, size, offset, context[:, centre : centre + 1])
             else:
                 tags = crop_to(self.tag_head(x), h, w)
         mask = None
