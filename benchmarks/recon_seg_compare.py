@@ -5,6 +5,8 @@ steps, same seed so the same training draws, same optimiser) and only the networ
 
 - ``joint``, ``sequential``, ``recon``, ``seg_zero_filled``, ``seg_target``: ``ReconSegNet`` in that mode with
   ``--cascades`` cascades and its default widths;
+- ``joint_cg``, ``recon_cg``: the same in ``joint`` or ``recon`` mode with MoDL's proximal data consistency
+  (``dc: cg``, 5 conjugate-gradient steps per cascade) instead of the default gradient step;
 - ``monai_varnet``: ``medmtl.models.monai_varnet.MonaiVarNet`` (MONAI's ``VariationalNetworkModel`` with its
   default widths) with the same cascades, trained by the same ``MultitaskModule`` and reconstruction loss.
 
@@ -28,7 +30,16 @@ from recon_seg_eval import evaluate, table
 
 from medmtl.io.atomic import atomic_path
 
-ROWS = ("joint", "sequential", "recon", "seg_zero_filled", "seg_target", "monai_varnet")
+ROWS = (
+    "joint",
+    "sequential",
+    "recon",
+    "seg_zero_filled",
+    "seg_target",
+    "monai_varnet",
+    "joint_cg",
+    "recon_cg",
+)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -39,9 +50,11 @@ def row_config(row: str, cascades: int, out: Path, steps: int) -> str:
             f"class_path: medmtl.models.monai_varnet.MonaiVarNet\n    init_args: {{num_cascades: {cascades}}}"
         )
     else:
+        mode, cg = row.removesuffix("_cg"), row.endswith("_cg")
         model = (
             "class_path: medmtl.models.recon_seg.ReconSegNet\n"
-            f"    init_args: {{mode: {row}, num_cascades: {cascades}, num_classes: 3}}"
+            f"    init_args: {{mode: {mode}, num_cascades: {cascades}, num_classes: 3"
+            + (", dc: cg}" if cg else "}")
         )
     return (
         f"trainer:\n  max_steps: {steps}\n  val_check_interval: {steps}\n  default_root_dir: {out}\n"

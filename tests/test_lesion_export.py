@@ -129,9 +129,16 @@ def test_onnxruntime_gives_the_same_detections_at_other_sizes(exported, batch, h
         np.testing.assert_allclose(a.long_axis_mm, b.long_axis_mm, atol=1e-4)
 
 
-# "contour" (not shipped) is the slowest export and runs with the slow tests (`make test-slow`).
+# "contour" (not shipped) is the slowest export, and "box" is a part of the shipped "outline" head: both run with
+# the slow tests (`make test-slow`).
 @pytest.mark.parametrize(
-    "tag_pooling", ["cell", "box", pytest.param("contour", marks=pytest.mark.slow), "outline"]
+    "tag_pooling",
+    [
+        "cell",
+        pytest.param("box", marks=pytest.mark.slow),
+        pytest.param("contour", marks=pytest.mark.slow),
+        "outline",
+    ],
 )
 def test_a_refinement_on_patient_positions_takes_the_frame(tmp_path, tag_pooling):
     net = tiny_lesion_net(**FULL, refine_position="patient", tag_pooling=tag_pooling)

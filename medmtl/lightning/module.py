@@ -25,6 +25,7 @@ also holds every process's random generators, running loss means and balancer st
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -88,10 +89,15 @@ def freeze_except(model: nn.Module, names: Sequence[str]) -> None:
         parameter.requires_grad_(any(name == n or name.startswith(n + ".") for n in names))
 
 
-def load_initial_weights(model: nn.Module, path: str) -> None:
+def load_initial_weights(model: nn.Module, path: str, skip: Sequence[str] = ()) -> None:
     """Copy the network weights of the checkpoint ``path`` into ``model`` (``MultitaskModule``'s
-    ``init_weights``): by name, a grown input-channel dimension filled in its leading channels."""
+    ``init_weights``): by name, a grown input-channel dimension filled in its leading channels. Names that
+    match a ``skip`` pattern (``fnmatch``) may be on one side only: the network's keep their initial values,
+    the checkpoint's are dropped."""
     from medmtl.inference import _load_checkpoint
+
+    def skipped(name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)
 
     stored = {
         k.removeprefix("model."): v
@@ -99,7 +105,8 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
         if k.startswith("model.")
     }
     own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(stored)), sorted(set(stored) - set(own))
+    new, dropped = sorted(set(own) - set(stored)), sorted(set(stored) - set(own))
+    missing, unexpected = [n for n in new if not skipped(n)], [n for n in dropped if not skipped(n)]
     if missing or unexpected:
         raise InputError(
             path,
@@ -109,6 +116,8 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
     grown = []
     with torch.no_grad():
         for name, tensor in own.items():
+            if name not in stored:
+                continue
             value = stored[name]
             if value.shape == tensor.shape:
                 tensor.copy_(value)
@@ -124,8 +133,10 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
                     path, f"init_weights: {name} is {tuple(value.shape)} there and {tuple(tensor.shape)} here"
                 )
     rank_zero_info(
-        f"init_weights: {len(own)} tensors from {path}"
+        f"init_weights: {len(own) - len(new)} of {len(own)} tensors from {path}"
         + (f"; grown, new inputs keep this network's weights: {', '.join(grown)}" if grown else "")
+        + (f"; new, kept at their initial values: {', '.join(new)}" if new else "")
+        + (f"; dropped from the checkpoint: {', '.join(dropped)}" if dropped else "")
     )
 
 
@@ -157,6 +168,9 @@ class MultitaskModule(LightningModule):
             the rest; any other difference is one error naming the weight.
         train_only: names of the network's submodules to train (e.g. ``[tag_head, refiner]``); every other
             parameter is frozen. None trains all.
+        init_skip: ``fnmatch`` patterns of weight names that may be on one side only (a changed layer, e.g.
+            ``["cascades.*.dc.*"]`` to start a ``dc: cg`` network from a ``dc: gradient`` one): the network's
+            keep their initial values, the checkpoint's are dropped; both are logged.
     """
 
     def __init__(
@@ -173,6 +187,7 @@ class MultitaskModule(LightningModule):
         lesion_refined: bool = True,
         init_weights: str | None = None,
         train_only: Sequence[str] | None = None,
+        init_skip: Sequence[str] = (),
     ):
         super().__init__()
         # Under LightningCLI the hyper-parameters are the parsed config (class paths and init args), which is
@@ -199,6 +214,7 @@ class MultitaskModule(LightningModule):
         self.automatic_optimization = False
         self.model = model
         self.init_weights = init_weights
+        self.init_skip = tuple(init_skip)
         if train_only is not None:
             freeze_except(model, train_only)
         self.balancer = balancer if balancer is not None else FixedWeights()
@@ -241,7 +257,7 @@ class MultitaskModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.init_weights is not None:
-            load_initial_weights(self.model, self.init_weights)
+            load_initial_weights(self.model, self.init_weights, self.init_skip)
         if self.balancer.does_backward and self.trainer.precision in ("16-mixed", "16"):
             # Such a balancer calls backward itself, past the fp16 loss scaler.
             raise ConfigError(

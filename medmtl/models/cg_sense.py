@@ -14,12 +14,7 @@ from __future__ import annotations
 import torch
 
 from medmtl.errors import InputError
-from medmtl.models.data_consistency import adjoint_op, forward_op
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Re <a, b> per batch item for trailing-pair images (B, H, W, 2) -> (B, 1, 1, 1)."""
-    return (a * b).flatten(1).sum(dim=1)[:, None, None, None]
+from medmtl.models.data_consistency import adjoint_op, conjugate_gradient, forward_op
 
 
 def cg_sense(
@@ -52,18 +47,4 @@ def cg_sense(
     def normal(x: torch.Tensor) -> torch.Tensor:
         return adjoint_op(forward_op(x, sens_maps, mask), sens_maps, mask) + reg * x
 
-    rhs = adjoint_op(kspace * mask, sens_maps, mask)
-    x = torch.zeros_like(rhs)
-    residual = rhs.clone()
-    direction = residual.clone()
-    rr = _dot(residual, residual)
-    for _ in range(iterations):
-        q = normal(direction)
-        # A zero residual (an exact solve, or an all-zero input) stops the update instead of dividing by zero.
-        alpha = torch.where(rr > 0, rr / _dot(direction, q).clamp_min(1e-30), 0.0)
-        x = x + alpha * direction
-        residual = residual - alpha * q
-        rr_new = _dot(residual, residual)
-        direction = residual + torch.where(rr > 0, rr_new / rr.clamp_min(1e-30), 0.0) * direction
-        rr = rr_new
-    return x
+    return conjugate_gradient(normal, adjoint_op(kspace * mask, sens_maps, mask), iterations)

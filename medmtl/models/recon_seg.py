@@ -133,7 +133,9 @@ class ReconSegNet(nn.Module):
         chans: complex channels of the regulariser U-Net's first level.
         pools: its downsamplings.
         shared_weights: one regulariser for all cascades (each cascade keeps its own DC scalar).
-        dc: ``"soft"`` (learned blend with the measurement) or ``"gradient"`` (learned gradient step).
+        dc: ``"soft"`` (learned blend with the measurement), ``"gradient"`` (learned gradient step) or ``"cg"``
+            (a proximal step with a learned weight, solved by ``cg_iterations`` conjugate-gradient steps).
+        cg_iterations: conjugate-gradient steps per cascade of ``dc: cg``.
         sens_chans, sens_pools: the coil-map refiner's U-Net.
         sens_downsample: the factor by which coil maps are refined at lower resolution.
         num_classes: segmentation classes K, background included.
@@ -156,17 +158,21 @@ class ReconSegNet(nn.Module):
         seg_chans: int = 16,
         seg_pools: int = 3,
         seg_every: int = 3,
+        cg_iterations: int = 5,
     ):
         super().__init__()
         if mode not in _TASKS:
             raise ConfigError("mode", f"{mode!r}; choose from {', '.join(_TASKS)}")
         if dc not in get_args(DCKind):
             raise ConfigError("dc", f"{dc!r}; choose from {', '.join(get_args(DCKind))}")
-        for name, value in (("num_cascades", num_cascades), ("num_classes", num_classes)):
+        for name, value in (
+            ("num_cascades", num_cascades),
+            ("num_classes", num_classes),
+            ("seg_every", seg_every),
+            ("cg_iterations", cg_iterations),
+        ):
             if value < 1:
                 raise ConfigError(name, f"must be at least 1, got {value}")
-        if seg_every < 1:
-            raise ConfigError("seg_every", f"must be at least 1, got {seg_every}")
         self.mode = mode
         self.seg_every = seg_every
         if "recon" in self.tasks:
@@ -177,7 +183,8 @@ class ReconSegNet(nn.Module):
                 for _ in range(1 if shared_weights else num_cascades)
             ]
             self.cascades = nn.ModuleList(
-                Cascade(regularisers[min(i, len(regularisers) - 1)], dc) for i in range(num_cascades)
+                Cascade(regularisers[min(i, len(regularisers) - 1)], dc, cg_iterations)
+                for i in range(num_cascades)
             )
         if "seg" in self.tasks:
             self.seg_net = seg_unet(1, num_classes, seg_chans, seg_pools)

@@ -83,6 +83,24 @@ def test_onnxruntime_matches_pytorch_with_a_mask_that_varies_along_h(exported):
     assert errors.seg_agreement >= 0.999
 
 
+@pytest.mark.slow
+def test_a_network_with_conjugate_gradient_data_consistency_exports_and_verifies(tmp_path):
+    # dc: cg unrolls its CG solves into the graph, through the same shared data-consistency terms (whose step
+    # the default run checks against eager PyTorch: test_data_consistency.py); a second export takes minutes.
+    checkpoint = save_checkpoint(
+        tmp_path / "cg.ckpt", {**TINY_NET, "dc": "cg", "cg_iterations": 3}, perturb=0.05
+    )
+    output = tmp_path / "cg.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(output)]) == 0
+    net = Predictor.from_checkpoint(checkpoint).model
+    kspace, mask, acs = random_case(2, 4, 40, 36, seed=7)
+    holes = (torch.rand(mask.shape, generator=torch.Generator().manual_seed(8)) < 0.3).float()
+    for name, m in (("lines", mask), ("2d", torch.maximum(mask * (1 - holes), acs))):
+        errors = compare(net, OnnxNetwork(output), name, (kspace * m, m, acs))
+        assert errors.recon_max_rel <= 1e-4
+        assert errors.seg_agreement >= 0.999
+
+
 def test_recon_seg_cli_gives_the_same_predictions_from_onnx(tmp_path, make_kspace, exported):
     checkpoint, path = exported
     src = write_input(tmp_path / "in" / "scan.h5", make_kspace, (2, 4, 50, 46), scale=37.0)

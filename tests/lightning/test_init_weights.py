@@ -10,6 +10,7 @@ from medmtl.cli import main
 from medmtl.errors import ConfigError, InputError
 from medmtl.lightning.module import freeze_except, load_initial_weights
 from medmtl.models.lesion_net import LesionNet
+from medmtl.models.recon_seg import ReconSegNet
 
 
 def _network(path):
@@ -65,6 +66,24 @@ def test_a_checkpoint_of_another_network_is_one_clear_error(tmp_path):
         load_initial_weights(LesionNet(num_tags=3, widths=(4, 8)), other)
     with pytest.raises(InputError, match="no such checkpoint"):
         load_initial_weights(LesionNet(num_tags=3, widths=(4, 8)), str(tmp_path / "missing.ckpt"))
+
+
+def test_skipped_names_may_differ_and_keep_their_initial_values(tmp_path):
+    # A gradient-step network starts a conjugate-gradient one: only the data-consistency weights differ.
+    tiny = {"num_cascades": 2, "chans": 2, "pools": 1, "sens_chans": 2, "sens_pools": 1, "seg_chans": 4}
+    torch.manual_seed(0)
+    gradient = ReconSegNet(**tiny, dc="gradient")
+    path = _checkpoint(tmp_path / "gradient.ckpt", gradient)
+    cg = ReconSegNet(**tiny, dc="cg")
+    initial = {k: v.clone() for k, v in cg.state_dict().items()}
+    with pytest.raises(InputError, match=r"missing \['cascades\.0\.dc\.log_lam'"):
+        load_initial_weights(cg, path)
+    load_initial_weights(cg, path, skip=["cascades.*.dc.*"])
+    for name, value in cg.state_dict().items():
+        expected = initial[name] if ".dc." in name else gradient.state_dict()[name]
+        assert torch.equal(value, expected), name
+    with pytest.raises(InputError, match="names differ"):  # a pattern covers only what it matches
+        load_initial_weights(cg, path, skip=["cascades.0.dc.*"])
 
 
 def test_train_only_names_submodules():

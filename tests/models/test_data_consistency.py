@@ -1,4 +1,4 @@
-"""Data consistency: exact soft blending, the gradient step against numpy, and A against its adjoint."""
+"""Data consistency: exact soft blending, the gradient and proximal steps against numpy, A against its adjoint."""
 
 from __future__ import annotations
 
@@ -7,8 +7,16 @@ import pytest
 import torch
 from conftest import fft2c_np, ifft2c_np
 
+from medmtl.errors import ConfigError
 from medmtl.fft import ifft2c
-from medmtl.models.data_consistency import GradientDC, SoftDC, adjoint_op, export_terms, forward_op
+from medmtl.models.data_consistency import (
+    GradientDC,
+    ProximalDC,
+    SoftDC,
+    adjoint_op,
+    export_terms,
+    forward_op,
+)
 
 
 def _complex(t: torch.Tensor) -> np.ndarray:
@@ -85,6 +93,47 @@ def test_gradient_step_matches_numpy(kind):
     np.testing.assert_allclose(_complex(dc(image, measured, mask, sens)), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_proximal_step_fully_sampled_is_the_closed_form_after_one_iteration():
+    """With every sample taken and sum_c |S_c|^2 = 1, A^H A = I: x' = (A^H y + lam z) / (1 + lam)."""
+    gen = torch.Generator().manual_seed(5)
+    b, c, h, w = 2, 3, 6, 7
+    z = torch.randn(b, h, w, 2, generator=gen)
+    sens = _normalised_maps(b, c, h, w, gen)
+    mask = torch.ones(1, 1, 1, w, 1)
+    measured = torch.randn(b, c, h, w, 2, generator=gen)
+    dc = ProximalDC(iterations=1, initial_lam=0.3)
+    expected = (adjoint_op(measured, sens, mask) + 0.3 * z) / 1.3
+    torch.testing.assert_close(dc(z, measured, mask, sens), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_proximal_step_solves_the_regularised_least_squares_of_numpy(kind):
+    """(A^H A + lam I) x = A^H y + lam z solved densely in complex numpy, A = M F S built column by column."""
+    gen = torch.Generator().manual_seed(6)
+    b, c, h, w = 1, 2, 5, 4
+    z = torch.randn(b, h, w, 2, generator=gen)
+    sens = torch.randn(b, c, h, w, 2, generator=gen)
+    mask = _mask(kind, h, w, gen)
+    measured = torch.randn(b, c, h, w, 2, generator=gen) * mask
+    s, m = _complex(sens)[0], mask[0, ..., 0].double().numpy()
+    columns = []
+    for k in range(h * w):
+        basis = np.zeros(h * w, complex)
+        basis[k] = 1
+        columns.append((m * fft2c_np(s * basis.reshape(h, w))).ravel())
+    a = np.stack(columns, axis=1)
+    lam = 0.2
+    rhs = a.conj().T @ _complex(measured)[0].ravel() + lam * _complex(z)[0].ravel()
+    expected = np.linalg.solve(a.conj().T @ a + lam * np.eye(h * w), rhs).reshape(h, w)
+    dc = ProximalDC(iterations=3 * h * w, initial_lam=lam)  # CG is exact after N steps, up to rounding
+    np.testing.assert_allclose(_complex(dc(z, measured, mask, sens))[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_proximal_step_needs_an_iteration():
+    with pytest.raises(ConfigError, match="iterations"):
+        ProximalDC(iterations=0)
+
+
 def test_adjoint_op_is_the_adjoint_of_forward_op():
     gen = torch.Generator().manual_seed(4)
     b, c, h, w = 2, 3, 7, 6
@@ -97,7 +146,7 @@ def test_adjoint_op_is_the_adjoint_of_forward_op():
     np.testing.assert_allclose(lhs, rhs, rtol=1e-5)
 
 
-@pytest.mark.parametrize("dc_class", [SoftDC, GradientDC])
+@pytest.mark.parametrize("dc_class", [SoftDC, GradientDC, ProximalDC])
 @pytest.mark.parametrize("rows", ["1d", "1d expanded", "2d"])
 def test_the_exported_formulation_takes_the_same_step(dc_class, rows):
     # Exported graphs share F^H M y between cascades and, for masks equal in every row, take F^H M F as one
@@ -112,7 +161,7 @@ def test_the_exported_formulation_takes_the_same_step(dc_class, rows):
     image = torch.randn(b, h, w, 2, generator=gen)
     dc = dc_class()
     with torch.no_grad():
-        next(dc.parameters()).fill_(0.7)
+        next(dc.parameters()).fill_(0.7)  # ProximalDC: lam = e^0.7
         terms = export_terms(measured, mask, sens, dc_class is SoftDC, ifft2c(measured))
         assert bool(terms.lines) == (rows != "2d")
         torch.testing.assert_close(

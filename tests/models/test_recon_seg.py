@@ -200,6 +200,7 @@ def test_bad_input_shapes_are_input_errors(which, shape):
         ({"num_cascades": 0}, "num_cascades"),
         ({"num_classes": 0}, "num_classes"),
         ({"seg_every": 0}, "seg_every"),
+        ({"dc": "cg", "cg_iterations": 0}, "cg_iterations"),
     ],
 )
 def test_bad_configuration_is_a_config_error(kwargs, name):
@@ -217,7 +218,7 @@ def simulated_batch() -> dict[str, torch.Tensor]:
     return batch
 
 
-@pytest.mark.parametrize("dc", ["gradient", "soft"])
+@pytest.mark.parametrize("dc", ["gradient", "soft", "cg"])
 def test_two_adam_steps_lower_the_loss_on_a_simulated_slice(dc, simulated_batch):
     batch = simulated_batch
     torch.manual_seed(0)
