@@ -3,6 +3,8 @@
 Models, all at the same size, coil count and number of cascades:
 
 - ``joint`` and ``recon``: ``medmtl.models.ReconSegNet`` with its default widths;
+- ``joint_cg``: the same in ``joint`` mode with the shipped model's conjugate-gradient data consistency
+  (``dc: cg``, 4 steps per cascade);
 - ``monai``: ``VariationalNetworkModel(CoilSensitivityModel(2), ComplexUnet(2), num_cascades)``, MONAI's
   defaults.
 
@@ -53,7 +55,7 @@ from medmtl.losses import ssim_loss
 from medmtl.models import ReconSegNet
 from medmtl.transforms.acs import acs_mask_from_mask
 
-MODELS = ("joint", "recon", "monai")
+MODELS = ("joint", "joint_cg", "recon", "monai")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -95,7 +97,8 @@ def build(name: str, cascades: int):
 
         return model, lambda b: recon_loss(infer(b), b["target"]), infer
 
-    model = ReconSegNet(mode=name, num_cascades=cascades)
+    cg = {"dc": "cg", "cg_iterations": 4} if name.endswith("_cg") else {}
+    model = ReconSegNet(mode=name.removesuffix("_cg"), num_cascades=cascades, **cg)
 
     def infer(b):
         return model(b["kspace"], b["mask"], b["acs_mask"])

@@ -92,8 +92,8 @@ def freeze_except(model: nn.Module, names: Sequence[str]) -> None:
 def load_initial_weights(model: nn.Module, path: str, skip: Sequence[str] = ()) -> None:
     """Copy the network weights of the checkpoint ``path`` into ``model`` (``MultitaskModule``'s
     ``init_weights``): by name, a grown input-channel dimension filled in its leading channels. Names that
-    match a ``skip`` pattern (``fnmatch``) may be on one side only: the network's keep their initial values,
-    the checkpoint's are dropped."""
+    match a ``skip`` pattern (``fnmatch``) are not copied and may be on one side only: the network's keep
+    their initial values, the checkpoint's are dropped."""
     from medmtl.inference import _load_checkpoint
 
     def skipped(name: str) -> bool:
@@ -116,7 +116,7 @@ def load_initial_weights(model: nn.Module, path: str, skip: Sequence[str] = ()) 
     grown = []
     with torch.no_grad():
         for name, tensor in own.items():
-            if name not in stored:
+            if name not in stored or skipped(name):
                 continue
             value = stored[name]
             if value.shape == tensor.shape:
@@ -132,10 +132,11 @@ def load_initial_weights(model: nn.Module, path: str, skip: Sequence[str] = ()) 
                 raise InputError(
                     path, f"init_weights: {name} is {tuple(value.shape)} there and {tuple(tensor.shape)} here"
                 )
+    kept = sorted(n for n in own if n not in stored or skipped(n))
     rank_zero_info(
-        f"init_weights: {len(own) - len(new)} of {len(own)} tensors from {path}"
+        f"init_weights: {len(own) - len(kept)} of {len(own)} tensors from {path}"
         + (f"; grown, new inputs keep this network's weights: {', '.join(grown)}" if grown else "")
-        + (f"; new, kept at their initial values: {', '.join(new)}" if new else "")
+        + (f"; kept at their initial values: {', '.join(kept)}" if kept else "")
         + (f"; dropped from the checkpoint: {', '.join(dropped)}" if dropped else "")
     )
 
@@ -168,9 +169,10 @@ class MultitaskModule(LightningModule):
             the rest; any other difference is one error naming the weight.
         train_only: names of the network's submodules to train (e.g. ``[tag_head, refiner]``); every other
             parameter is frozen. None trains all.
-        init_skip: ``fnmatch`` patterns of weight names that may be on one side only (a changed layer, e.g.
-            ``["cascades.*.dc.*"]`` to start a ``dc: cg`` network from a ``dc: gradient`` one): the network's
-            keep their initial values, the checkpoint's are dropped; both are logged.
+        init_skip: ``fnmatch`` patterns of weight names not taken from ``init_weights`` and allowed on one side
+            only (a changed layer, e.g. ``["cascades.*.dc.*"]`` to start a ``dc: cg`` network from a
+            ``dc: gradient`` one): the network's keep their initial values, the checkpoint's are dropped; both
+            are logged.
     """
 
     def __init__(

@@ -5,7 +5,7 @@ Images are coil-combined (B, H, W, 2); k-space is (B, C, H, W, 2); masks (B, 1, 
 sum_c |S_c|^2 = 1 and the orthonormal FFT, ||A|| <= 1, so a gradient step of 1 is stable.
 
 Exported graphs (``torch.export``, ONNX) compute the same steps another way, because their Fourier transforms
-are dense products with DFT matrices (``medmtl.fft``), N / log2 N times the work of an FFT. Both steps need
+are dense products with DFT matrices (``medmtl.fft``), N / log2 N times the work of an FFT. The steps need
 the coil images' masked round trip F^H M F and the data's image F^H (M) y, which does not change between
 cascades: ``ExportTerms`` holds it, computed once. When the mask is the same in every row (Cartesian lines,
 the usual case), F^H M F is one W x W product per coil image (``medmtl.fft.line_projection_matrix``) instead
@@ -43,7 +43,8 @@ class ExportTerms(NamedTuple):
     lines: () bool, the mask is the same in every row. qr, q_diff, q_sum: (B or 1, 1, W, W) the round trip
     along W (``medmtl.fft.line_projection_matrix`` of the first row, qr + i qi) as the three real matrices
     of its three-product form: qr, qi - qr and qr + qi. sens_r, sens_i: the coil maps' parts (B, C, H, W). data_r,
-    data_i: the parts of F^H M y for soft data consistency, F^H y for the gradient step, (B, C, H, W).
+    data_i: the parts of F^H M y for soft data consistency, F^H y for the gradient and proximal steps
+    (y is zero off the mask there), (B, C, H, W).
 
     The cascades work on coil images as separate real and imaginary parts: a (..., 2) pair would be split
     and restacked at every complex product, a full pass over the coil images each time in onnxruntime.
@@ -213,6 +214,8 @@ class ProximalDC(nn.Module):
         super().__init__()
         if iterations < 1:
             raise ConfigError("iterations", f"must be at least 1, got {iterations}")
+        if not initial_lam > 0:
+            raise ConfigError("initial_lam", f"must be > 0, got {initial_lam}")
         self.iterations = int(iterations)
         self.log_lam = nn.Parameter(torch.tensor(math.log(initial_lam)))
 
@@ -225,7 +228,7 @@ class ProximalDC(nn.Module):
         terms: ExportTerms | None = None,
     ) -> torch.Tensor:
         """image z (B, H, W, 2), measured (B, C, H, W, 2) zero off the mask -> x' (B, H, W, 2). With ``terms``
-        (exported graphs), the same solve with A^H A x = S^H F^H M F S x as one masked round trip.
+        (exported graphs), the same solve with A^H A x = S^H F^H M F S x as one masked round trip; there
         ``measured`` must be zero off the mask (the network's ``kspace * mask``)."""
         lam = self.log_lam.exp()
         # Cartesian lines (a mask constant along H) in eager PyTorch too: the CG steps' round trips F^H M F
@@ -233,7 +236,7 @@ class ProximalDC(nn.Module):
         # template's prime sizes (197 x 233) on the CPU.
         lines = terms is None and mask.shape[2] == 1
         if lines:
-            terms = export_terms(measured, mask, sens, False, ifft2c(measured))
+            terms = export_terms(measured, mask, sens, True, measured)  # soft: F^H M y, masked here
         if terms is not None:
 
             def normal(x: torch.Tensor) -> torch.Tensor:

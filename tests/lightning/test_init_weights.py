@@ -84,6 +84,13 @@ def test_skipped_names_may_differ_and_keep_their_initial_values(tmp_path):
         assert torch.equal(value, expected), name
     with pytest.raises(InputError, match="names differ"):  # a pattern covers only what it matches
         load_initial_weights(cg, path, skip=["cascades.0.dc.*"])
+    # Names on both sides that a pattern matches are not copied either (a head to start afresh).
+    fresh = ReconSegNet(**tiny, dc="gradient")
+    initial = {k: v.clone() for k, v in fresh.state_dict().items()}
+    load_initial_weights(fresh, path, skip=["seg_net.*"])
+    for name, value in fresh.state_dict().items():
+        expected = initial[name] if name.startswith("seg_net.") else gradient.state_dict()[name]
+        assert torch.equal(value, expected), name
 
 
 def test_train_only_names_submodules():

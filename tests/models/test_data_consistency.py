@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -108,30 +110,36 @@ def test_proximal_step_fully_sampled_is_the_closed_form_after_one_iteration():
 
 @pytest.mark.parametrize("kind", ["1d", "2d"])
 def test_proximal_step_solves_the_regularised_least_squares_of_numpy(kind):
-    """(A^H A + lam I) x = A^H y + lam z solved densely in complex numpy, A = M F S built column by column."""
+    """(A^H A + lam I) x = A^H y + lam z solved densely in complex numpy, A = M F S built column by column, for
+    two batch items with their own masks and intensity scales (CG's step sizes are per item)."""
     gen = torch.Generator().manual_seed(6)
-    b, c, h, w = 1, 2, 5, 4
-    z = torch.randn(b, h, w, 2, generator=gen)
+    b, c, h, w = 2, 2, 5, 4
+    scale = torch.tensor([1.0, 30.0])[:, None, None, None]
+    z = torch.randn(b, h, w, 2, generator=gen) * scale
     sens = torch.randn(b, c, h, w, 2, generator=gen)
-    mask = _mask(kind, h, w, gen)
-    measured = torch.randn(b, c, h, w, 2, generator=gen) * mask
-    s, m = _complex(sens)[0], mask[0, ..., 0].double().numpy()
-    columns = []
-    for k in range(h * w):
-        basis = np.zeros(h * w, complex)
-        basis[k] = 1
-        columns.append((m * fft2c_np(s * basis.reshape(h, w))).ravel())
-    a = np.stack(columns, axis=1)
+    mask = torch.cat([_mask(kind, h, w, gen) for _ in range(b)])
+    measured = torch.randn(b, c, h, w, 2, generator=gen) * mask * scale[..., None]
     lam = 0.2
-    rhs = a.conj().T @ _complex(measured)[0].ravel() + lam * _complex(z)[0].ravel()
-    expected = np.linalg.solve(a.conj().T @ a + lam * np.eye(h * w), rhs).reshape(h, w)
     dc = ProximalDC(iterations=3 * h * w, initial_lam=lam)  # CG is exact after N steps, up to rounding
-    np.testing.assert_allclose(_complex(dc(z, measured, mask, sens))[0], expected, rtol=1e-4, atol=1e-4)
+    got = _complex(dc(z, measured, mask, sens))
+    for i in range(b):
+        s, m = _complex(sens)[i], mask[i, ..., 0].double().numpy()
+        columns = []
+        for k in range(h * w):
+            basis = np.zeros(h * w, complex)
+            basis[k] = 1
+            columns.append((m * fft2c_np(s * basis.reshape(h, w))).ravel())
+        a = np.stack(columns, axis=1)
+        rhs = a.conj().T @ _complex(measured)[i].ravel() + lam * _complex(z)[i].ravel()
+        expected = np.linalg.solve(a.conj().T @ a + lam * np.eye(h * w), rhs).reshape(h, w)
+        np.testing.assert_allclose(got[i], expected, rtol=1e-4, atol=1e-4 * float(scale[i]))
 
 
-def test_proximal_step_needs_an_iteration():
+def test_proximal_step_needs_an_iteration_and_a_positive_weight():
     with pytest.raises(ConfigError, match="iterations"):
         ProximalDC(iterations=0)
+    with pytest.raises(ConfigError, match="initial_lam"):
+        ProximalDC(initial_lam=0.0)
 
 
 def test_adjoint_op_is_the_adjoint_of_forward_op():
@@ -160,8 +168,8 @@ def test_the_exported_formulation_takes_the_same_step(dc_class, rows):
     sens = _normalised_maps(b, c, h, w, gen)
     image = torch.randn(b, h, w, 2, generator=gen)
     dc = dc_class()
-    with torch.no_grad():
-        next(dc.parameters()).fill_(0.7)  # ProximalDC: lam = e^0.7
+    with torch.no_grad():  # ProximalDC: lam = 0.05, a solve far from the identity
+        next(dc.parameters()).fill_(math.log(0.05) if dc_class is ProximalDC else 0.7)
         terms = export_terms(measured, mask, sens, dc_class is SoftDC, ifft2c(measured))
         assert bool(terms.lines) == (rows != "2d")
         torch.testing.assert_close(
