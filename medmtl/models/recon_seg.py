@@ -136,6 +136,9 @@ class ReconSegNet(nn.Module):
         dc: ``"soft"`` (learned blend with the measurement), ``"gradient"`` (learned gradient step) or ``"cg"``
             (a proximal step with a learned weight, solved by ``cg_iterations`` conjugate-gradient steps).
         cg_iterations: conjugate-gradient steps per cascade of ``dc: cg``.
+        refine_chans, refine_pools: a real U-Net that refines the final magnitude (its residual, starting at
+            zero), e.g. to remove what the last data-consistency step brings back of the k-space noise outside
+            the head; 0 channels: none. The segmentation reads the unrefined magnitude.
         sens_chans, sens_pools: the coil-map refiner's U-Net.
         sens_downsample: the factor by which coil maps are refined at lower resolution.
         num_classes: segmentation classes K, background included.
@@ -159,6 +162,8 @@ class ReconSegNet(nn.Module):
         seg_pools: int = 3,
         seg_every: int = 3,
         cg_iterations: int = 5,
+        refine_chans: int = 0,
+        refine_pools: int = 3,
     ):
         super().__init__()
         if mode not in _TASKS:
@@ -186,6 +191,10 @@ class ReconSegNet(nn.Module):
                 Cascade(regularisers[min(i, len(regularisers) - 1)], dc, cg_iterations)
                 for i in range(num_cascades)
             )
+            if refine_chans > 0:
+                self.refiner = seg_unet(1, 1, refine_chans, refine_pools)
+                nn.init.zeros_(self.refiner.head.weight)
+                nn.init.zeros_(self.refiner.head.bias)
         if "seg" in self.tasks:
             self.seg_net = seg_unet(1, num_classes, seg_chans, seg_pools)
         self.num_classes = num_classes
@@ -243,6 +252,10 @@ class ReconSegNet(nn.Module):
                 logits_all.append(self.seg_net(magnitude.unsqueeze(1)))
                 if joint:
                     prior = torch.softmax(logits_all[-1], dim=1)
+        if hasattr(self, "refiner"):
+            refined = (magnitude + self.refiner(magnitude.unsqueeze(1)).squeeze(1)).clamp_min(0)
+            recons[-1] = refined * scale[:, None, None]
+            image = image * (refined / magnitude)[..., None]  # the refined magnitude, the image's phase
         return ReconSegOutput(
             recon=recons[-1],
             recon_complex=image * s[:, 0],

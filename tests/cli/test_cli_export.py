@@ -84,12 +84,17 @@ def test_onnxruntime_matches_pytorch_with_a_mask_that_varies_along_h(exported):
 
 
 @pytest.mark.slow
-def test_a_network_with_conjugate_gradient_data_consistency_exports_and_verifies(tmp_path):
+def test_a_network_with_conjugate_gradient_data_consistency_and_a_refiner_exports_and_verifies(tmp_path):
     # dc: cg unrolls its CG solves into the graph, through the same shared data-consistency terms (whose step
     # the default run checks against eager PyTorch: test_data_consistency.py); a second export takes minutes.
-    checkpoint = save_checkpoint(
-        tmp_path / "cg.ckpt", {**TINY_NET, "dc": "cg", "cg_iterations": 3}, perturb=0.05
-    )
+    net = {
+        **TINY_NET,
+        "dc": "cg",
+        "cg_iterations": 3,
+        "refine_chans": 2,
+        "refine_pools": 1,
+    }  # the shipped kind
+    checkpoint = save_checkpoint(tmp_path / "cg.ckpt", net, perturb=0.05)
     output = tmp_path / "cg.onnx"
     assert main(["export", "--checkpoint", str(checkpoint), "--output", str(output)]) == 0
     net = Predictor.from_checkpoint(checkpoint).model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medmtl.cplx import complex_abs
 from medmtl.data.mni import SimulationOptions
 from medmtl.data.online import SimulatedKSpaceDataset
 from medmtl.errors import ConfigError, InputError
@@ -26,7 +27,6 @@ TINY = {
     "seg_pools": 2,
     "seg_every": 1,
 }
-
 
 
 def _batch(coils: int, h: int, w: int, pattern: str, b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -238,3 +238,22 @@ def test_two_adam_steps_lower_the_loss_on_a_simulated_slice(dc, simulated_batch)
         after = losses()
     assert sum(after.values()) < 0.99 * sum(before.values())
     assert all(after[task] < before[task] for task in ("recon", "seg"))
+
+
+def test_the_refiner_starts_as_the_identity_and_changes_only_the_reconstruction(simulated_batch):
+    batch = simulated_batch
+    torch.manual_seed(0)
+    plain = ReconSegNet(mode="joint", **{**TINY, "dc": "cg"}).eval()
+    refined = ReconSegNet(mode="joint", **{**TINY, "dc": "cg", "refine_chans": 2, "refine_pools": 1}).eval()
+    missing = refined.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("refiner.") for k in missing)
+    with torch.no_grad():
+        a, b = _run(plain, batch), _run(refined, batch)
+        torch.testing.assert_close(b.recon, a.recon)
+        torch.testing.assert_close(b.recon_complex, a.recon_complex)
+        refined.refiner.head.bias.fill_(0.05)  # adds 0.05 of the network's intensity unit everywhere
+        c = _run(refined, batch)
+    assert torch.equal(c.seg_logits, a.seg_logits)  # the segmentation reads the unrefined magnitude
+    assert (c.recon > a.recon).float().mean() > 0.99
+    torch.testing.assert_close(complex_abs(c.recon_complex), c.recon, rtol=1e-4, atol=1e-6)
+    assert all(torch.equal(x, y) for x, y in zip(c.recons[:-1], a.recons[:-1], strict=True))
