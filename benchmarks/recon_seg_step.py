@@ -3,8 +3,8 @@
 Models, all at the same size, coil count and number of cascades:
 
 - ``joint`` and ``recon``: ``medmtl.models.ReconSegNet`` with its default widths;
-- ``joint_cg``: the same in ``joint`` mode with the shipped model's conjugate-gradient data consistency
-  (``dc: cg``, 4 steps per cascade);
+- ``joint_cg``: the shipped model's kind, ``joint`` with conjugate-gradient data consistency (``dc: cg``, 4 steps
+  per cascade) and a 16-channel magnitude refiner;
 - ``monai``: ``VariationalNetworkModel(CoilSensitivityModel(2), ComplexUnet(2), num_cascades)``, MONAI's
   defaults.
 
@@ -97,7 +97,7 @@ def build(name: str, cascades: int):
 
         return model, lambda b: recon_loss(infer(b), b["target"]), infer
 
-    cg = {"dc": "cg", "cg_iterations": 4} if name.endswith("_cg") else {}
+    cg = {"dc": "cg", "cg_iterations": 4, "refine_chans": 16} if name.endswith("_cg") else {}
     model = ReconSegNet(mode=name.removesuffix("_cg"), num_cascades=cascades, **cg)
 
     def infer(b):

@@ -20,7 +20,6 @@ from medmtl.io.kspace import write_kspace_h5
 REPO = Path(__file__).resolve().parents[2]
 
 
-
 def tiny_config(root: Path, **data) -> Path:
     """A config that trains the real network for 2 steps on 64 x 64 simulated slices, writing into ``root``."""
     config = {
@@ -193,6 +192,16 @@ def test_bad_config_in_a_subprocess_has_no_traceback(tmp_path):
         (["recon_seg_mni.yaml"], "ReconSegNet"),
         (["demo_cpu.yaml"], "ReconSegNet"),
         (["recon_seg_mni.yaml", "recon_seg_mni_gpu.yaml"], "TimeBudget"),
+        (["recon_seg_mni.yaml", "recon_seg_mni_cpu.yaml", "recon_seg_mni_cg.yaml"], "dc: cg"),
+        (
+            [
+                "recon_seg_mni.yaml",
+                "recon_seg_mni_cpu.yaml",
+                "recon_seg_mni_cg.yaml",
+                "recon_seg_mni_refine.yaml",
+            ],
+            "init_weights: models/recon_seg_mni/cg_stage.ckpt",
+        ),
         (["lesion_mni.yaml"], "tag_pooling: outline"),
         (["lesion_mni.yaml", "lesion_mni_outline.yaml"], "init_weights: models/lesion_mni/box_stage.ckpt"),
     ],
