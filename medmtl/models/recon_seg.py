@@ -191,8 +191,8 @@ class ReconSegNet(nn.Module):
                 Cascade(regularisers[min(i, len(regularisers) - 1)], dc, cg_iterations)
                 for i in range(num_cascades)
             )
-            if refine_chans > 0:
-                self.refiner = seg_unet(1, 1, refine_chans, refine_pools)
+            self.refiner = seg_unet(1, 1, refine_chans, refine_pools) if refine_chans > 0 else None
+            if self.refiner is not None:
                 nn.init.zeros_(self.refiner.head.weight)
                 nn.init.zeros_(self.refiner.head.bias)
         if "seg" in self.tasks:
@@ -252,7 +252,7 @@ class ReconSegNet(nn.Module):
                 logits_all.append(self.seg_net(magnitude.unsqueeze(1)))
                 if joint:
                     prior = torch.softmax(logits_all[-1], dim=1)
-        if hasattr(self, "refiner"):
+        if self.refiner is not None:
             refined = (magnitude + self.refiner(magnitude.unsqueeze(1)).squeeze(1)).clamp_min(0)
             recons[-1] = refined * scale[:, None, None]
             image = image * (refined / magnitude)[..., None]  # the refined magnitude, the image's phase
