@@ -5,7 +5,7 @@
 #   device run, carry [".whl"]:  bash benchmarks/gpu.sh            # full: about 8 minutes at most
 #   device run, carry [".whl"]:  QUICK=1 bash benchmarks/gpu.sh    # quick: about 3.5 minutes at most
 #   device run, carry [".whl"]:  PARTS="train recon" TRAIN_SECONDS=120 bash benchmarks/gpu.sh
-#                                # #3: TRAIN_SECONDS + 7.5 minutes at most (the steps' limits)
+#                                # #3: TRAIN_SECONDS + 9.5 minutes at most (the steps' limits)
 #
 # PARTS (default "losses") picks what runs, in this order (train first: its checkpoint matters most):
 #   train   `medmtl fit -c configs/recon_seg_mni.yaml -c configs/recon_seg_mni_gpu.yaml` with TimeBudget's
@@ -13,8 +13,9 @@
 #           $OUT/model.ckpt (in 15 MiB parts when larger) and the run's logs, CSV, config and panels into
 #           $OUT/train_run.tar.gz; TRAIN_ARGS adds `medmtl fit` arguments.                 TRAIN_SECONDS + 90 s
 #   recon   benchmarks/recon_seg_step.py at fastMRI knee size (15 coils, 640 x 368, 12 cascades, B = 1):
-#           medmtl joint / recon-only against MONAI's VarNet, fp32 and bf16 autocast, eager and replayed
-#           from a CUDA graph;                                                                300 s
+#           medmtl joint and joint_cg (the shipped kind) against MONAI's VarNet (RECON_MODELS picks), bf16
+#           autocast then fp32, eager and replayed from a CUDA graph, with each eager step's GPU kernel
+#           time (torch.profiler);                                                  240 s + 240 s
 #   losses  the Triton loss kernels, steps 2-6 below.
 #
 # Loss steps (each with its own time limit, so a slow step cannot starve the next; full / QUICK=1):
@@ -79,9 +80,10 @@ if [[ " $PARTS " == *" train "* ]]; then
   tar -czf "$OUT/train_run.tar.gz" --exclude='*.ckpt' runs/recon_seg_mni_gpu "$OUT/fit.log" 2>/dev/null
 fi
 if [[ " $PARTS " == *" recon "* ]]; then
-  KNEE=(--coils 15 --size 640 368 --cascades 12 --rounds 1 --warmup 3 --steps 10 --cuda-graph)
-  step recon_step.md 300 bash -c "$PY benchmarks/recon_seg_step.py --device cuda --precision fp32 ${KNEE[*]} &&
-    $PY benchmarks/recon_seg_step.py --device cuda --precision bf16 ${KNEE[*]}"
+  KNEE=(--coils 15 --size 640 368 --cascades 12 --rounds 1 --warmup 3 --steps 10 --cuda-graph --profile
+    --models ${RECON_MODELS:-joint joint_cg monai})
+  step recon_bf16.md 240 $PY benchmarks/recon_seg_step.py --device cuda --precision bf16 "${KNEE[@]}"
+  step recon_fp32.md 240 $PY benchmarks/recon_seg_step.py --device cuda --precision fp32 "${KNEE[@]}"
 fi
 
 if [[ " $PARTS " != *" losses "* ]]; then exit 0; fi

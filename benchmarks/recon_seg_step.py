@@ -134,10 +134,12 @@ def child(
     device: str = "cpu",
     precision: str = "fp32",
     cuda_graph: bool = False,
+    profile: bool = False,
 ) -> dict:
     """Measure one model in this process: step times, inference times, peak memory growth in bytes; with
     ``cuda_graph`` also the training step captured whole in a CUDA graph and replayed (``graph_train``), or
-    why it could not be captured (``graph_error``)."""
+    why it could not be captured (``graph_error``); with ``profile`` the GPU's kernel time per eager training
+    step (``kernel_s``) and its largest kernels (``top_kernels``: name, seconds per step)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -173,6 +175,8 @@ def child(
         "peak_bytes": train_peak,
         "params": sum(p.numel() for p in model.parameters()),
     }
+    if profile and cuda:
+        result.update(_kernel_time(train_step, sync))
     if cuda_graph and cuda:
         try:
             result["graph_train"] = _timed(
@@ -181,6 +185,24 @@ def child(
         except Exception as err:  # a data-dependent branch or host sync in the step: report, go on
             result["graph_error"] = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
     return result
+
+
+def _kernel_time(step, sync, steps: int = 3, top: int = 8) -> dict:
+    """Kernel time on the GPU per call of ``step`` from ``torch.profiler``: when it is far below the wall
+    time, the host (launching kernels) sets the pace, not the GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    kernels: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time / 1e6 / steps
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1])[:top]
+    return {"kernel_s": sum(kernels.values()), "top_kernels": [(name[:70], t) for name, t in ranked]}
 
 
 def _graphed_step(model, loss_fn, batch, precision: str):
@@ -226,6 +248,9 @@ def main() -> None:
     parser.add_argument(
         "--cuda-graph", action="store_true", help="on a GPU, also time the step replayed from a CUDA graph"
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="on a GPU, also the kernel time per eager step and its top kernels"
+    )
     parser.add_argument("--child", choices=MODELS, help=argparse.SUPPRESS)
     parser.add_argument("--sample", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -240,6 +265,7 @@ def main() -> None:
             args.device,
             args.precision,
             args.cuda_graph,
+            args.profile,
         )
         print(json.dumps(result))
         return
@@ -256,6 +282,7 @@ def main() -> None:
                 cmd += ["--warmup", str(args.warmup), "--steps", str(args.steps)]
                 cmd += ["--device", args.device, "--precision", args.precision]
                 cmd += ["--cuda-graph"] if args.cuda_graph else []
+                cmd += ["--profile"] if args.profile else []
                 run = subprocess.run(cmd, capture_output=True, text=True)
                 if run.returncode != 0:  # e.g. a model that cannot run at this precision: report, go on
                     why = (run.stderr.strip().splitlines() or ["no output"])[-1]
@@ -287,17 +314,19 @@ def main() -> None:
     )
     columns = ("train", "train_cpu", "infer", "peak")
     print(
-        f"{'model':<7} {'params':>9} {'train s':>8} {'x MONAI':>8} {'train CPU s':>12} {'x MONAI':>8} "
+        f"{'model':<8} {'params':>9} {'train s':>8} {'x MONAI':>8} {'train CPU s':>12} {'x MONAI':>8} "
         f"{'infer s':>8} {'x MONAI':>8} {'peak GiB':>9} {'x MONAI':>8}"
     )
     digits = 4 if args.device != "cpu" else 2  # GPU steps take milliseconds
     for name, s in summary.items():
         ratio = {key: f"{s[key] / ref[key]:.2f}" if ref else "-" for key in columns}
         print(
-            f"{name:<7} {s['params']:>9} {s['train']:>8.{digits}f} {ratio['train']:>8} {s['train_cpu']:>12.2f} "
+            f"{name:<8} {s['params']:>9} {s['train']:>8.{digits}f} {ratio['train']:>8} {s['train_cpu']:>12.2f} "
             f"{ratio['train_cpu']:>8} {s['infer']:>8.{digits + 1}f} {ratio['infer']:>8} {s['peak'] / 2**30:>9.2f} "
             f"{ratio['peak']:>8}"
         )
+    if args.profile and args.device != "cpu":
+        _print_profile(results, summary)
     if args.cuda_graph and args.device != "cpu":
         ref_graph = _graph_time(results.get("monai", []))
         print("training step replayed from one CUDA graph (same input; fastest):")
@@ -305,10 +334,21 @@ def main() -> None:
             graph = _graph_time(runs)
             if graph is None:
                 errors = {r.get("graph_error", "not measured") for r in runs}
-                print(f"  {name:<7} not captured: {'; '.join(sorted(errors))}")
+                print(f"  {name:<8} not captured: {'; '.join(sorted(errors))}")
                 continue
             ratio = f"{graph / ref_graph:.2f} x MONAI graph" if ref_graph else "-"
-            print(f"  {name:<7} {graph:.4f} s ({graph / summary[name]['train']:.2f} x eager; {ratio})")
+            print(f"  {name:<8} {graph:.4f} s ({graph / summary[name]['train']:.2f} x eager; {ratio})")
+
+
+def _print_profile(results: dict[str, list[dict]], summary: dict) -> None:
+    print("GPU kernel time per eager training step (torch.profiler, 3 steps):")
+    for name, runs in results.items():
+        if "kernel_s" not in runs[0]:
+            continue
+        busy = runs[0]["kernel_s"]
+        print(f"  {name:<8} {busy:.4f} s of kernels ({busy / summary[name]['train']:.2f} of the eager step's wall)")
+        for kernel, t in runs[0]["top_kernels"]:
+            print(f"      {t * 1e3:7.2f} ms  {kernel}")
 
 
 def _graph_time(runs: list[dict]) -> float | None:
