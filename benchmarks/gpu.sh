@@ -15,7 +15,11 @@
 #   recon   benchmarks/recon_seg_step.py at fastMRI knee size (15 coils, 640 x 368, 12 cascades, B = 1):
 #           medmtl joint and joint_cg (the shipped kind) against MONAI's VarNet (RECON_MODELS picks), bf16
 #           autocast then fp32, eager and replayed from a CUDA graph, with each eager step's GPU kernel
-#           time (torch.profiler);                                                  240 s + 240 s
+#           time (torch.profiler; RECON_PROFILE=0 leaves it out; RECON_PRECISIONS picks);  240 s each
+#   graph   `MultitaskModule(cuda_graph=True)` on the GPU: tests/lightning/test_cuda_graph.py (graphed
+#           against eager gradients, a bf16 Lightning fit), then GRAPH_STEPS (200) steps of
+#           `medmtl fit` of the GPU config with `--model.cuda_graph true` in bf16; its step_times.json
+#           and metrics.json come back;                                                     120 s + 150 s
 #   losses  the Triton loss kernels, steps 2-6 below.
 #
 # Loss steps (each with its own time limit, so a slow step cannot starve the next; full / QUICK=1):
@@ -80,10 +84,21 @@ if [[ " $PARTS " == *" train "* ]]; then
   tar -czf "$OUT/train_run.tar.gz" --exclude='*.ckpt' runs/recon_seg_mni_gpu "$OUT/fit.log" 2>/dev/null
 fi
 if [[ " $PARTS " == *" recon "* ]]; then
-  KNEE=(--coils 15 --size 640 368 --cascades 12 --rounds 1 --warmup 3 --steps 10 --cuda-graph --profile
+  KNEE=(--coils 15 --size 640 368 --cascades 12 --rounds 1 --warmup 3 --steps 10 --cuda-graph
     --models ${RECON_MODELS:-joint joint_cg monai})
-  step recon_bf16.md 240 $PY benchmarks/recon_seg_step.py --device cuda --precision bf16 "${KNEE[@]}"
-  step recon_fp32.md 240 $PY benchmarks/recon_seg_step.py --device cuda --precision fp32 "${KNEE[@]}"
+  [ "${RECON_PROFILE:-1}" = 1 ] && KNEE+=(--profile)
+  for precision in ${RECON_PRECISIONS:-bf16 fp32}; do
+    step "recon_$precision.md" 240 $PY benchmarks/recon_seg_step.py --device cuda --precision "$precision" "${KNEE[@]}"
+  done
+fi
+if [[ " $PARTS " == *" graph "* ]]; then
+  step graph_tests.log 120 $PY -m pytest -q -rfEs -p no:cacheprovider tests/lightning/test_cuda_graph.py
+  rm -rf runs/recon_seg_mni_gpu
+  step graph_fit.log 150 $PY -m medmtl.cli fit -c configs/recon_seg_mni.yaml -c configs/recon_seg_mni_gpu.yaml \
+    --trainer.enable_progress_bar false --model.cuda_graph true --trainer.precision bf16-mixed \
+    --trainer.max_steps "${GRAPH_STEPS:-200}" --trainer.callbacks.init_args.seconds 1e9 --trainer.max_time null \
+    --trainer.limit_val_batches 4 --data.num_workers 14
+  cp runs/recon_seg_mni_gpu/step_times.json runs/recon_seg_mni_gpu/metrics.json "$OUT/" 2>/dev/null
 fi
 
 if [[ " $PARTS " != *" losses "* ]]; then exit 0; fi

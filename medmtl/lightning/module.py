@@ -42,6 +42,7 @@ from torchmetrics import MeanMetric
 from medmtl.balancing import Balancer, FixedWeights
 from medmtl.errors import ConfigError, InputError
 from medmtl.keys import MNI_CLASSES, Keys
+from medmtl.lightning.cuda_graph import GraphedForward, check_graphable
 from medmtl.lightning.lesion_eval import LesionEvaluation
 from medmtl.lightning.panels import save_panel
 from medmtl.lightning.resume import gather, rank_state, restore_rank_state
@@ -173,6 +174,9 @@ class MultitaskModule(LightningModule):
             only (a changed layer, e.g. ``["cascades.*.dc.*"]`` to start a ``dc: cg`` network from a
             ``dc: gradient`` one): the network's keep their initial values, the checkpoint's are dropped; both
             are logged.
+        cuda_graph: on one CUDA device, replay the network's training forward and backward from CUDA graphs
+            (``medmtl.lightning.cuda_graph``): the host launches a few graphs instead of thousands of kernels
+            per step. Checked before training; any other device is one ConfigError.
     """
 
     def __init__(
@@ -190,6 +194,7 @@ class MultitaskModule(LightningModule):
         init_weights: str | None = None,
         train_only: Sequence[str] | None = None,
         init_skip: Sequence[str] = (),
+        cuda_graph: bool = False,
     ):
         super().__init__()
         # Under LightningCLI the hyper-parameters are the parsed config (class paths and init args), which is
@@ -245,6 +250,8 @@ class MultitaskModule(LightningModule):
         self._shared: list[nn.Parameter] | None = None
         self._resumed_rank_state: dict[str, Any] | None = None
         self._panel_dir: Path | None = None
+        self.cuda_graph = cuda_graph
+        self._graphed: GraphedForward | None = None
 
     # ------------------------------------------------------------------ setup
     def configure_optimizers(self):
@@ -265,6 +272,9 @@ class MultitaskModule(LightningModule):
             raise ConfigError(
                 "trainer.precision", f"{type(self.balancer).__name__} needs 32 or bf16, not fp16"
             )
+        if stage == "fit" and self.cuda_graph:
+            check_graphable(self)
+            self._graphed = GraphedForward(self.model)
         # trainer.log_dir is a broadcast from rank 0, so every process asks here, not only rank 0 later.
         self._panel_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "panels"
 
@@ -282,14 +292,11 @@ class MultitaskModule(LightningModule):
         forward_batch = getattr(self.model, "forward_batch", None)
         if forward_batch is not None:
             return forward_batch(batch)
-        batch = with_acs(dict(batch))
-        return self.model(
-            batch[Keys.KSPACE], batch[Keys.MASK], batch[Keys.ACS], target=batch.get(Keys.TARGET)
-        )
+        return self.model(*_network_args(batch))
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self(batch)
+        out = self(batch) if self._graphed is None else self._graphed(*_network_args(batch))
         losses = self.model.compute_losses(out, batch)
         size = _batch_size(batch)
         shared_params = None
@@ -512,6 +519,13 @@ class MultitaskModule(LightningModule):
                 values[name] = float(metric.compute())
             metric.reset()
         return values
+
+
+def _network_args(batch: Mapping[str, Any]) -> tuple[Tensor, ...]:
+    """``MultitaskModule.forward``'s network arguments, positional: k-space, mask, ACS mask[, target]."""
+    batch = with_acs(dict(batch))
+    target = batch.get(Keys.TARGET)
+    return (batch[Keys.KSPACE], batch[Keys.MASK], batch[Keys.ACS]) + (() if target is None else (target,))
 
 
 def _batch_size(batch: Mapping[str, Any]) -> int:
