@@ -233,9 +233,9 @@ class ProximalDC(nn.Module):
         lam = self.log_lam.exp()
         # Cartesian lines (a mask constant along H) in eager PyTorch too: the CG steps' round trips F^H M F
         # are then one W x W product each (the exported form), several times faster than the 2D FFTs at the
-        # template's prime sizes (197 x 233) on the CPU.
-        lines = terms is None and mask.shape[2] == 1
-        if lines:
+        # template's prime sizes (197 x 233) on the CPU. ReconSegNet builds the terms once for all cascades.
+        lines = mask.shape[2] == 1 and not torch.compiler.is_exporting()
+        if lines and terms is None:
             terms = export_terms(measured, mask, sens, True, measured)  # soft: F^H M y, masked here
         if terms is not None:
 

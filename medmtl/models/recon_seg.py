@@ -235,8 +235,11 @@ class ReconSegNet(nn.Module):
         sens = self.sens_net(measured, acs_mask)
         image = adjoint_op(measured, sens, mask)
         terms = None
-        if torch.compiler.is_exporting():  # dense DFT products: share what the cascades' steps have in common
-            terms = export_terms(measured, mask, sens, self.cascades[0].kind == "soft", coil_images / s)
+        # Dense DFT products, built once for all the cascades' steps: in exported graphs, and for CG steps on
+        # Cartesian lines (eager, a W x W product per round trip instead of 2D FFTs).
+        kind = self.cascades[0].kind
+        if torch.compiler.is_exporting() or (kind == "cg" and mask.shape[2] == 1):
+            terms = export_terms(measured, mask, sens, kind == "soft", coil_images / s)
         joint = self.mode == "joint"
         b, _, h, w, _ = measured.shape
         prior = measured.new_zeros(b, self.num_classes, h, w) if joint else None
