@@ -356,29 +356,27 @@ def main() -> None:
     if args.profile and args.device != "cpu":
         _print_profile(results, summary)
     if args.cuda_graph and args.device != "cpu":
-        ref_graph = _graph_time(results.get("monai", []))
-        print("training step replayed from one CUDA graph (same input; fastest):")
-        for name, runs in results.items():
-            graph = _graph_time(runs)
-            if graph is None:
-                errors = {r.get("graph_error", "not measured") for r in runs}
-                print(f"  {name:<8} not captured: {'; '.join(sorted(errors))}")
-                continue
-            ratio = f"{graph / ref_graph:.2f} x MONAI graph" if ref_graph else "-"
-            print(f"  {name:<8} {graph:.4f} s ({graph / summary[name]['train']:.2f} x eager; {ratio})")
-        ref = summary.get("monai", {}).get("train")
-        print(
+        ref_graph = _graph_time(results.get("monai", []), "graph_train")
+        title = "training step replayed from one CUDA graph (same input; fastest):"
+        _print_graph_rows(title, results, summary, "graph_train", ref_graph, "MONAI graph")
+        title = (
             "training step of `medmtl fit` with cuda_graph: true (network forward and backward replayed, loss and "
             "Adam eager; fastest):"
         )
-        for name, runs in results.items():
-            graph = _graph_time(runs, "fit_graph_train")
-            if graph is None:
-                errors = {r.get("fit_graph_error", "not measured") for r in runs}
-                print(f"  {name:<8} not captured: {'; '.join(sorted(errors))}")
-                continue
-            ratio = f"{graph / ref:.2f} x MONAI eager" if ref else "-"
-            print(f"  {name:<8} {graph:.4f} s ({graph / summary[name]['train']:.2f} x eager; {ratio})")
+        ref_eager = summary["monai"]["train"] if "monai" in summary else None
+        _print_graph_rows(title, results, summary, "fit_graph_train", ref_eager, "MONAI eager")
+
+
+def _print_graph_rows(title, results, summary, key: str, ref: float | None, ref_name: str) -> None:
+    print(title)
+    for name, runs in results.items():
+        graph = _graph_time(runs, key)
+        if graph is None:
+            errors = {r.get(key.removesuffix("train") + "error", "not measured") for r in runs}
+            print(f"  {name:<8} not captured: {'; '.join(sorted(errors))}")
+            continue
+        ratio = f"{graph / ref:.2f} x {ref_name}" if ref else "-"
+        print(f"  {name:<8} {graph:.4f} s ({graph / summary[name]['train']:.2f} x eager; {ratio})")
 
 
 def _print_profile(results: dict[str, list[dict]], summary: dict) -> None:
@@ -394,7 +392,7 @@ def _print_profile(results: dict[str, list[dict]], summary: dict) -> None:
             print(f"      {t * 1e3:7.2f} ms  {kernel}")
 
 
-def _graph_time(runs: list[dict], key: str = "graph_train") -> float | None:
+def _graph_time(runs: list[dict], key: str) -> float | None:
     times = [t[0] for r in runs for t in r.get(key, [])]
     return min(times) if times else None
 
