@@ -204,7 +204,7 @@ def test_bad_config_in_a_subprocess_has_no_traceback(tmp_path):
         ),
         (
             ["recon_seg_mni.yaml", "recon_seg_mni_gpu.yaml", "recon_seg_mni_gpu_cg.yaml"],
-            "init_weights: models/recon_seg_mni/model.ckpt",
+            "init_weights: models/recon_seg_mni/refine_stage.ckpt",
         ),
         (["lesion_mni.yaml"], "tag_pooling: outline"),
         (["lesion_mni.yaml", "lesion_mni_outline.yaml"], "init_weights: models/lesion_mni/box_stage.ckpt"),
