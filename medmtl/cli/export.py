@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(checkpoint, require_segmentation=False)
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     precision = "fp16" if args.fp16 else "int8" if args.quantize else "fp32"
-    print(f"medmtl export: tracing and verifying {checkpoint.name} ({precision}); this takes a minute or two")
+    # models/recon_seg_mni (its CG steps unrolled into the graph) took 20 minutes on a busy 2-core CPU (2026-11-27).
+    print(f"medmtl export: tracing and verifying {checkpoint.name} ({precision}); this can take many minutes")
     options = {"opset": args.opset, "precision": precision, "source": f"{checkpoint.name} sha256:{digest}"}
     if isinstance(predictor.model, LesionNet):
         report = export_lesion_onnx(predictor.model, args.output, **options)
