@@ -82,7 +82,8 @@ def check_graphable(module) -> None:
 
 class GraphedForward:
     """Calls ``model(*args)`` from CUDA graphs in training: captured at the first call, replayed at every call
-    whose inputs have the first call's shapes, dtypes and device; any other call runs eagerly."""
+    whose inputs have the first call's shapes, dtypes and device, in the same train/eval mode and autocast
+    setting; any other call runs eagerly."""
 
     def __init__(self, model: nn.Module):
         # Not a submodule of the LightningModule, so the weights get no second state_dict entry.
@@ -91,18 +92,23 @@ class GraphedForward:
         self._signature: tuple | None = None
         self._told = False
 
-    @staticmethod
-    def _key(args: Sequence[Tensor]) -> tuple:
-        return tuple((a.shape, a.dtype, a.device) for a in args)
+    def _key(self, args: Sequence[Tensor]) -> tuple:
+        mode = (
+            self._flat.model.training,
+            torch.is_autocast_enabled("cuda"),
+            torch.get_autocast_dtype("cuda"),
+        )
+        return tuple((a.shape, a.dtype, a.device) for a in args), mode
 
     def __call__(self, *args: Tensor) -> Any:
         if self._signature is None:
             self._capture(args)
-        if self._key(args) != self._signature:
+        key = self._key(args)
+        if key != self._signature:
             if not self._told:
                 rank_zero_info(
-                    f"cuda_graph: inputs {[tuple(s) for s, _, _ in self._key(args)]} differ from the captured "
-                    f"{[tuple(s) for s, _, _ in self._signature]}; such batches run eagerly"
+                    f"cuda_graph: inputs {_described(key)} differ from the captured {_described(self._signature)};"
+                    " such calls run eagerly"
                 )
                 self._told = True
             return self._flat.model(*args)
@@ -120,8 +126,8 @@ class GraphedForward:
         )
         try:
             with autocast:
-                self._graphed = torch.cuda.make_graphed_callables(self._flat, sample)
-        except RuntimeError as err:
+                self._graphed = torch.cuda.make_graphed_callables(self._flat, sample, allow_unused_input=True)
+        except (RuntimeError, AssertionError) as err:  # torch asserts on hooks and non-tensor inputs
             first = " ".join(str(err).split())[:200]
             raise ConfigError(
                 "model.cuda_graph",
@@ -132,3 +138,9 @@ class GraphedForward:
             f"cuda_graph: captured the training forward and backward for inputs "
             f"{[tuple(a.shape) for a in args]}"
         )
+
+
+def _described(key: tuple) -> str:
+    inputs, (training, autocast, dtype) = key
+    mode = "training" if training else "eval"
+    return f"{[tuple(shape) for shape, _, _ in inputs]} ({mode}, autocast {str(dtype).removeprefix('torch.') if autocast else 'off'})"

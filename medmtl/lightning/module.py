@@ -278,6 +278,10 @@ class MultitaskModule(LightningModule):
         # trainer.log_dir is a broadcast from rank 0, so every process asks here, not only rank 0 later.
         self._panel_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "panels"
 
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self._graphed = None  # the graphs' memory pool and captured buffers go with it
+
     @property
     def panel_dir(self) -> Path:
         """Where the validation and test panels go: ``<log_dir>/panels`` (known once the trainer set up)."""
@@ -342,6 +346,8 @@ class MultitaskModule(LightningModule):
                 optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm"
             )
         optimizer.step()
+        # None, not zeros: a CUDA-graph replay hands back gradients in the graph's own buffers, which .grad may
+        # alias; zeroing in place and accumulating the next replay into them would double every gradient.
         optimizer.zero_grad(set_to_none=True)
         scheduler = self.lr_schedulers()
         if scheduler is not None and self.scheduler_interval == "step":

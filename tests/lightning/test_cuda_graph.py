@@ -19,7 +19,7 @@ from medmtl.data.datamodule import MultitaskDataModule
 from medmtl.data.mni import SimulationOptions
 from medmtl.errors import ConfigError
 from medmtl.lightning import MultitaskModule
-from medmtl.lightning.cuda_graph import GraphedForward, _TensorOutputs, check_graphable
+from medmtl.lightning.cuda_graph import GraphedForward, _described, _TensorOutputs, check_graphable
 from medmtl.lightning.module import _network_args
 from medmtl.models.recon_seg import ReconSegNet
 
@@ -110,6 +110,22 @@ def test_cuda_graph_on_cpu_trainer_is_one_config_error(tmp_path, batches):
         trainer.fit(module, train_dataloaders=DataLoader(batches[:1], batch_size=None))
 
 
+def test_graph_key_covers_shapes_and_train_mode(batches):
+    """A replay needs the captured shapes and mode: an eval-mode or other-shaped call gets another key."""
+    model = net()
+    graphed = GraphedForward(model)
+    args = _network_args(batches[0])
+    key = graphed._key(args)
+    assert graphed._key(_network_args(batches[1])) == key
+    assert graphed._key([a[:1] for a in args]) != key
+    model.eval()
+    assert graphed._key(args) != key
+    assert (
+        _described(key)
+        == "[(2, 4, 64, 64, 2), (2, 1, 1, 64, 1), (2, 1, 1, 64, 1), (2, 64, 64)] (training, autocast off)"
+    )
+
+
 def _on(batch, device):
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -122,10 +138,10 @@ def _loss_and_grads(model, out, batch):
 
 @cuda
 @pytest.mark.parametrize("dc", ["gradient", "cg"])
-def test_graphed_step_matches_the_eager_step(batches, dc):
+def test_graphed_step_matches_the_eager_step(batches, dc, monkeypatch):
     """Same weights, same batch: the replayed forward and backward give the eager loss and every gradient,
     at the captured batch and at a new one copied into the graph's inputs."""
-    torch.backends.cudnn.deterministic = True
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     model = net(dc=dc).cuda()
     graphed = GraphedForward(model)
     graphed(*_network_args(_on(batches[0], "cuda")))  # capture; BatchNorm statistics move, so compare after
@@ -148,7 +164,38 @@ def test_graphed_forward_runs_other_shapes_eagerly(batches):
     graphed(*_network_args(_on(batches[0], "cuda")))
     single = {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in _on(batches[1], "cuda").items()}
     out = graphed(*_network_args(single))
-    assert out.recon.shape[0] == 1 and out.recon.grad_fn is not None
+    assert out.recon.shape[0] == 1 and "Graphed" not in type(out.recon.grad_fn).__name__
+    torch.testing.assert_close(out.recon, model(*_network_args(single)).recon)
+
+
+@cuda
+def test_graphed_training_follows_eager_training(tmp_path, batches, monkeypatch):
+    """Three Lightning steps (batches 0, 1, 0) from the same weights, with plain SGD so that every gradient
+    counts as it is: with graphs the weights move as they do eagerly. Stale graph inputs, or gradients doubled
+    or left over between replays, would move them elsewhere."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    start = {k: v.clone() for k, v in net().named_parameters()}
+    moves = []
+    for graph in (False, True):
+        module = MultitaskModule(net(), optimizer=lambda p: torch.optim.SGD(p, lr=0.05), cuda_graph=graph)
+        trainer = Trainer(
+            accelerator="gpu",
+            devices=1,
+            precision="32-true",
+            max_steps=3,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            default_root_dir=tmp_path / str(graph),
+        )
+        trainer.fit(
+            module, train_dataloaders=DataLoader([batches[0], batches[1], batches[0]], batch_size=None)
+        )
+        moves.append({k: v.detach().cpu() - start[k] for k, v in module.model.named_parameters()})
+    eager, graphed = moves
+    assert any(m.norm() > 0 for m in eager.values())
+    for name, move in eager.items():
+        assert (graphed[name] - move).norm() <= 1e-3 * move.norm() + 1e-6, name
 
 
 @cuda
@@ -157,9 +204,12 @@ def test_fit_with_cuda_graph_lowers_the_loss(tmp_path, batches, precision):
     module = MultitaskModule(net(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), cuda_graph=True)
     losses = []
 
+    replayed = []
+
     class Keep(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(trainer.callback_metrics["train/loss"]))
+            replayed.append(pl_module._graphed is not None and pl_module._graphed._graphed is not None)
 
     trainer = Trainer(
         accelerator="gpu",
@@ -173,6 +223,6 @@ def test_fit_with_cuda_graph_lowers_the_loss(tmp_path, batches, precision):
         default_root_dir=tmp_path,
     )
     trainer.fit(module, train_dataloaders=DataLoader([batches[0]] * 8, batch_size=None))
-    assert module._graphed is not None and module._graphed._graphed is not None
+    assert all(replayed) and module._graphed is None  # captured at the first step, released after fit
     assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0], losses
