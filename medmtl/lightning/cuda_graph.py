@@ -143,4 +143,5 @@ class GraphedForward:
 def _described(key: tuple) -> str:
     inputs, (training, autocast, dtype) = key
     mode = "training" if training else "eval"
-    return f"{[tuple(shape) for shape, _, _ in inputs]} ({mode}, autocast {str(dtype).removeprefix('torch.') if autocast else 'off'})"
+    cast = str(dtype).removeprefix("torch.") if autocast else "off"
+    return f"{[tuple(shape) for shape, _, _ in inputs]} ({mode}, autocast {cast})"
