@@ -17,6 +17,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from recon_seg_eval import read
 
 CLASSES = {1: "GM", 2: "WM"}
 
@@ -28,9 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     labels, segs = [], []
     for path in sorted(args.input.glob("*.h5")):
-        with h5py.File(path, "r") as f:
-            labels.append(f["segmentation"][()])
-        with h5py.File(args.predictions / path.name, "r") as f:
+        predictions = args.predictions / path.name
+        if not predictions.is_file():
+            parser.error(
+                f"--predictions {args.predictions}: no {path.name} (run `medmtl recon-seg` on --input)"
+            )
+        labels.append(read(path)["labels"])
+        with h5py.File(predictions, "r") as f:
             segs.append(f["segmentation"][()])
     if not labels:
         parser.error(f"--input {args.input}: no *.h5 files")

@@ -126,6 +126,19 @@ def test_graph_key_covers_shapes_and_train_mode(batches):
     )
 
 
+def _gpu_trainer(root, precision: str, **kwargs) -> Trainer:
+    return Trainer(
+        accelerator="gpu",
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=root,
+        **kwargs,
+    )
+
+
 def _on(batch, device):
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -178,16 +191,7 @@ def test_graphed_training_follows_eager_training(tmp_path, batches, monkeypatch)
     moves = []
     for graph in (False, True):
         module = MultitaskModule(net(), optimizer=lambda p: torch.optim.SGD(p, lr=0.05), cuda_graph=graph)
-        trainer = Trainer(
-            accelerator="gpu",
-            devices=1,
-            precision="32-true",
-            max_steps=3,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            default_root_dir=tmp_path / str(graph),
-        )
+        trainer = _gpu_trainer(tmp_path / str(graph), "32-true", max_steps=3)
         trainer.fit(
             module, train_dataloaders=DataLoader([batches[0], batches[1], batches[0]], batch_size=None)
         )
@@ -211,17 +215,7 @@ def test_fit_with_cuda_graph_lowers_the_loss(tmp_path, batches, precision):
             losses.append(float(trainer.callback_metrics["train/loss"]))
             replayed.append(pl_module._graphed is not None and pl_module._graphed._graphed is not None)
 
-    trainer = Trainer(
-        accelerator="gpu",
-        devices=1,
-        precision=precision,
-        max_steps=8,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        callbacks=[Keep()],
-        default_root_dir=tmp_path,
-    )
+    trainer = _gpu_trainer(tmp_path, precision, max_steps=8, callbacks=[Keep()])
     trainer.fit(module, train_dataloaders=DataLoader([batches[0]] * 8, batch_size=None))
     assert all(replayed) and module._graphed is None  # captured at the first step, released after fit
     assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
