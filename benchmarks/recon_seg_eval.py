@@ -9,7 +9,8 @@ the axial validation slices with ``medmtl data mni`` (seed 0, never trained on) 
   (PSNR, because SSIM prefers a strongly shrunk image whose intensities are off: at 4x the SSIM-best setting
   gave SSIM 0.64 at PSNR 17.7 dB);
 - one row per ``--checkpoint NAME=PATH``, run through ``medmtl.inference.Predictor`` exactly as
-  ``medmtl recon-seg`` does.
+  ``medmtl recon-seg`` does; with ``--cg-iterations N``, every checkpoint whose data consistency is the
+  proximal (``cg``) step runs N conjugate-gradient steps per cascade instead of the number it was trained with.
 
 SSIM is skimage's ``structural_similarity`` (7 x 7 window, data range = the target's maximum) over the whole
 slice; PSNR uses the same data range; both are averaged over slices. Dice per class is computed per slice and
@@ -43,6 +44,7 @@ from medmtl.io.kspace import KSpaceFile
 from medmtl.metrics.recon import psnr, ssim
 from medmtl.metrics.seg import dice_hd95
 from medmtl.models.cg_sense import cg_sense
+from medmtl.models.data_consistency import ProximalDC
 from medmtl.transforms.coils import rss_image
 
 SETTINGS = {4.0: 0.08, 8.0: 0.04}
@@ -118,13 +120,20 @@ def tune_cg(acceleration: float, root: Path) -> tuple[int, float]:
 
 
 def evaluate(
-    checkpoints: dict[str, Path], accelerations: list[float], threads: int, cg: bool = True
+    checkpoints: dict[str, Path],
+    accelerations: list[float],
+    threads: int,
+    cg: bool = True,
+    cg_iterations: int | None = None,
 ) -> list[dict]:
     torch.set_num_threads(threads)
     predictors = {
         name: Predictor.from_checkpoint(path, batch_size=4, require_segmentation=False)
         for name, path in checkpoints.items()
     }
+    if cg_iterations is not None:
+        for predictor in predictors.values():
+            set_cg_iterations(predictor.model, cg_iterations)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for acceleration in accelerations:
@@ -160,6 +169,13 @@ def evaluate(
     return rows
 
 
+def set_cg_iterations(model: torch.nn.Module, iterations: int) -> None:
+    """Let every proximal data-consistency step of ``model`` run ``iterations`` conjugate-gradient steps."""
+    for module in model.modules():
+        if isinstance(module, ProximalDC):
+            module.iterations = iterations
+
+
 @torch.inference_mode()
 def _seg_of_target(
     predictor: Predictor, kspace: torch.Tensor, mask: torch.Tensor, target: np.ndarray
@@ -188,16 +204,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--no-cg", action="store_true", help="leave out the CG-SENSE row (its tuning is slow)")
+    parser.add_argument(
+        "--cg-iterations", type=int, metavar="N", help="CG steps per cascade of proximal (cg) checkpoints"
+    )
     args = parser.parse_args(argv)
     if any(a not in SETTINGS for a in args.accelerations):
         parser.error(f"--accelerations: choose from {sorted(SETTINGS)}")
+    if args.cg_iterations is not None and args.cg_iterations < 1:
+        parser.error(f"--cg-iterations: must be at least 1, got {args.cg_iterations}")
     checkpoints = {}
     for spec in args.checkpoint:
         name, sep, path = spec.partition("=")
         if not sep:
             parser.error(f"--checkpoint {spec!r}: expected NAME=PATH")
         checkpoints[name] = Path(path)
-    rows = evaluate(checkpoints, args.accelerations, args.threads, cg=not args.no_cg)
+    rows = evaluate(
+        checkpoints, args.accelerations, args.threads, cg=not args.no_cg, cg_iterations=args.cg_iterations
+    )
     print(table(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

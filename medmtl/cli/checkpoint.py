@@ -4,12 +4,18 @@ A ``medmtl fit`` checkpoint also holds the optimiser's moments, the scheduler, l
 it is about three times the size of the weights. The slim copy keeps what inference reads (the network's
 weights and the hyper-parameters that describe it) plus a record of where it came from, is checked by
 loading it back with ``medmtl.inference.Predictor``, and is written atomically. It cannot resume training.
+
+``--cg-iterations N`` lets the copy's proximal data-consistency steps (``dc: cg``) run N conjugate-gradient
+steps per cascade instead of the number they were trained with; the weights are unchanged. More steps solve
+each cascade's linear system more exactly, which MoDL does at test time too.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     slim.add_argument("--checkpoint", required=True, type=Path, help="a `medmtl fit` checkpoint (.ckpt)")
     slim.add_argument("--output", required=True, type=Path, help="where to write the slim checkpoint")
+    slim.add_argument(
+        "--cg-iterations",
+        type=int,
+        metavar="N",
+        help="CG steps per cascade of the copy's proximal data consistency (default: as trained)",
+    )
     slim.set_defaults(func=run_slim)
 
 
@@ -34,14 +46,19 @@ def run_slim(args: argparse.Namespace) -> int:
     import torch
 
     from medmtl import __version__
-    from medmtl.errors import InputError
+    from medmtl.errors import ConfigError, InputError
     from medmtl.inference import Predictor, _load_checkpoint
     from medmtl.io.atomic import atomic_path
 
     if args.output.resolve() == args.checkpoint.resolve():
         raise InputError(args.output, "is the input checkpoint; write the slim copy elsewhere")
+    if args.cg_iterations is not None and args.cg_iterations < 1:
+        raise ConfigError("--cg-iterations", f"must be at least 1, got {args.cg_iterations}")
     checkpoint = _load_checkpoint(args.checkpoint)
-    Predictor.from_checkpoint(args.checkpoint, require_segmentation=False)  # the source must load as it is
+    # the source must load as it is
+    source = Predictor.from_checkpoint(args.checkpoint, require_segmentation=False).model
+    # A slim source has no loop state of its own; its record has the training step.
+    record = checkpoint.get("medmtl", {})
     slim = {
         "state_dict": {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")},
         "hyper_parameters": checkpoint.get("hyper_parameters", {}),
@@ -49,15 +66,45 @@ def run_slim(args: argparse.Namespace) -> int:
             "version": __version__,
             "source": args.checkpoint.name,
             "source_sha256": hashlib.sha256(args.checkpoint.read_bytes()).hexdigest(),
-            "global_step": int(checkpoint.get("global_step", -1)),
-            "epoch": int(checkpoint.get("epoch", -1)),
+            "global_step": int(checkpoint.get("global_step", record.get("global_step", -1))),
+            "epoch": int(checkpoint.get("epoch", record.get("epoch", -1))),
         },
     }
+    if args.cg_iterations is not None:
+        trained = _proximal_iterations(args.checkpoint, source)
+        slim["hyper_parameters"] = _with_cg_iterations(
+            args.checkpoint, slim["hyper_parameters"], args.cg_iterations
+        )
+        slim["medmtl"]["cg_iterations_trained"] = record.get("cg_iterations_trained", trained)
     with atomic_path(args.output) as tmp:
         torch.save(slim, tmp)
-        Predictor.from_checkpoint(tmp, require_segmentation=False)
+        copy = Predictor.from_checkpoint(tmp, require_segmentation=False).model
+        if args.cg_iterations is not None and _proximal_iterations(tmp, copy) != args.cg_iterations:
+            raise InputError(args.checkpoint, "describes a network that ignores its cg_iterations")
     size = args.output.stat().st_size / 2**20
     print(
         f"{args.output} ({size:.1f} MiB, {len(slim['state_dict'])} tensors, step {slim['medmtl']['global_step']})"
     )
     return 0
+
+
+def _proximal_iterations(path: Path, network: Any) -> int:
+    """The CG steps of the network's proximal data-consistency steps (all the same in a medmtl network)."""
+    from medmtl.errors import InputError
+    from medmtl.models.data_consistency import ProximalDC
+
+    steps = {m.iterations for m in network.modules() if isinstance(m, ProximalDC)}
+    if not steps:
+        raise InputError(path, "has no proximal (dc: cg) data consistency for --cg-iterations to set")
+    return max(steps)
+
+
+def _with_cg_iterations(path: Path, hparams: Mapping[str, Any], iterations: int) -> dict[str, Any]:
+    """``hparams`` with the network's ``cg_iterations`` init argument set to ``iterations``."""
+    from medmtl.errors import InputError
+
+    model = hparams.get("model")
+    init_args = model.get("init_args") if isinstance(model, Mapping) else None
+    if not isinstance(init_args, Mapping):
+        raise InputError(path, "records no network init_args for --cg-iterations to set")
+    return {**hparams, "model": {**model, "init_args": {**init_args, "cg_iterations": iterations}}}

@@ -9,6 +9,7 @@ from test_cli_recon_seg import save_checkpoint
 
 from medmtl.cli import main
 from medmtl.inference import Predictor
+from medmtl.models.data_consistency import ProximalDC
 
 
 def test_slim_copy_predicts_the_same_and_is_smaller(tmp_path, make_kspace, capsys):
@@ -57,3 +58,43 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     ]
     assert main(same) == 2
     assert "is the input checkpoint" in capsys.readouterr().err
+
+
+def proximal_iterations(path) -> set[int]:
+    network = Predictor.from_checkpoint(path).model
+    return {m.iterations for m in network.modules() if isinstance(m, ProximalDC)}
+
+
+def test_cg_iterations_sets_the_proximal_steps_of_the_copy(tmp_path, make_kspace):
+    trained = save_checkpoint(tmp_path / "cg.ckpt", {**TINY_NET, "dc": "cg", "cg_iterations": 2})
+    copy, again = tmp_path / "cg5.ckpt", tmp_path / "cg7.ckpt"
+    slim = ["checkpoint", "slim", "--checkpoint"]
+    assert main([*slim, str(trained), "--output", str(copy), "--cg-iterations", "5"]) == 0
+    assert main([*slim, str(copy), "--output", str(again), "--cg-iterations", "7"]) == 0
+    assert proximal_iterations(trained) == {2}
+    assert proximal_iterations(copy) == {5}
+    assert proximal_iterations(again) == {7}
+    record = torch.load(again, weights_only=True)["medmtl"]
+    assert record["cg_iterations_trained"] == 2 and record["source"] == "cg5.ckpt"
+    # The same weights: with the trained number of steps, the copy predicts as the original.
+    back = tmp_path / "cg2.ckpt"
+    assert main([*slim, str(again), "--output", str(back), "--cg-iterations", "2"]) == 0
+    kspace, _ = make_kspace(5, 1, 2, 40, 44)
+    mask = np.zeros(44, np.float32)
+    mask[::3] = 1
+    mask[20:24] = 1
+    a, b, c = (Predictor.from_checkpoint(p).predict_volume(kspace, mask) for p in (trained, back, again))
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_cg_iterations_of_a_network_without_proximal_steps_is_one_line_and_exit_2(tmp_path, capsys):
+    gradient = save_checkpoint(tmp_path / "gradient.ckpt", TINY_NET)
+    cg = save_checkpoint(tmp_path / "cg.ckpt", {**TINY_NET, "dc": "cg"})
+    out = tmp_path / "o.ckpt"
+    for path, n, what in ((gradient, "4", "has no proximal"), (cg, "0", "must be at least 1")):
+        args = ["checkpoint", "slim", "--checkpoint", str(path), "--output", str(out), "--cg-iterations", n]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and what in err
+        assert not out.exists()

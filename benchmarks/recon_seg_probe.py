@@ -1,0 +1,96 @@
+"""What a joint recon+seg checkpoint's segmenter makes of other images than the one it reads.
+
+On the MNI validation slices (as ``recon_seg_eval.py``: same slices, seed, masks and Dice), per acceleration,
+the checkpoint's own segmentation U-Net applied to:
+
+- ``as shipped``: the final cascade's magnitude, which it reads in the network (``medmtl recon-seg``'s output);
+- ``refined magnitude``: the final magnitude after the refiner (for a network that has one), which the
+  segmenter was never trained on;
+- ``fully sampled target``: the ground-truth magnitude; the segmenter's own errors, without the
+  reconstruction's.
+
+Each image is divided by the network's ``input_scale``, as the network divides its own magnitudes.
+
+    .venv/bin/python benchmarks/recon_seg_probe.py --checkpoint models/recon_seg_mni/model.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from recon_seg_eval import SEED, SETTINGS, mask_tensor, metrics, read
+
+from medmtl.data.build import build_mni_dataset
+from medmtl.data.files import kspace_to_tensor
+from medmtl.data.mni import SimulationOptions
+from medmtl.fft import ifft2c
+from medmtl.inference import Predictor
+from medmtl.models.recon_seg import input_scale
+
+
+class _SegmentOthers(torch.nn.Module):
+    """Passes the network through and keeps its segmenter's labels of the refined magnitude."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net, self.refined = net, []
+
+    def forward(self, kspace, mask, acs_mask):
+        out = self.net(kspace, mask, acs_mask)
+        scale = input_scale(ifft2c(kspace * mask))[:, None, None]
+        logits = self.net.seg_net((out.recon / scale).unsqueeze(1))
+        self.refined.append(logits.argmax(dim=1).to(torch.uint8).cpu().numpy())
+        return out
+
+
+def probe(predictor: Predictor, data: dict) -> dict[str, np.ndarray]:
+    """{image name: segmentation (S, H, W)} for the three images of the module docstring."""
+    others = predictor.model
+    others.refined.clear()
+    _, shipped = predictor.run(data["kspace"], data["mask"])
+    rows = {"as shipped": shipped}
+    if others.net.refiner is not None:
+        rows["refined magnitude"] = np.concatenate(others.refined)
+    # The target stands in for the whole reconstruction; the mask only sets the network's intensity scale.
+    kspace = kspace_to_tensor(data["kspace"])
+    scale = input_scale(ifft2c(kspace * mask_tensor(data["mask"], kspace.shape[-2])[0]))[:, None, None]
+    with torch.inference_mode():
+        logits = others.net.seg_net((torch.from_numpy(data["target"]) / scale).unsqueeze(1))
+    rows["fully sampled target"] = logits.argmax(dim=1).to(torch.uint8).numpy()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--accelerations", type=float, nargs="+", default=sorted(SETTINGS))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if any(a not in SETTINGS for a in args.accelerations):
+        parser.error(f"--accelerations: choose from {sorted(SETTINGS)}")
+    torch.set_num_threads(args.threads)
+    predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=4)
+    if getattr(predictor.model, "mode", None) not in ("joint", "sequential"):
+        parser.error(f"--checkpoint {args.checkpoint}: not a joint or sequential recon+seg network")
+    predictor.model = _SegmentOthers(predictor.model)
+    print("| acceleration | the segmenter reads | Dice GM | Dice WM |\n|---|---|---|---|")
+    for acceleration in args.accelerations:
+        options = SimulationOptions(accelerations=(acceleration,), center_fractions=(SETTINGS[acceleration],))
+        with tempfile.TemporaryDirectory() as tmp:
+            (path,) = build_mni_dataset(
+                Path(tmp), splits=("val",), options=options, seed=SEED, show_progress=False
+            )
+            data = read(path)
+        for name, seg in probe(predictor, data).items():
+            row = metrics(data["target"], data["target"], seg, data["labels"])
+            print(f"| {acceleration:g}x | {name} | {row['dice_gm']:.3f} | {row['dice_wm']:.3f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
