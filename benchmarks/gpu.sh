@@ -13,8 +13,9 @@
 #           $OUT/model.ckpt (in 15 MiB parts when larger) and the run's logs, CSV, config and panels into
 #           $OUT/train_run.tar.gz; TRAIN_CONFIG layers one more config (e.g. configs/recon_seg_mni_gpu_cg.yaml,
 #           stage 4 of the shipped model, which starts from models/recon_seg_mni/refine_stage.ckpt: the other
-#           tracked models/ files must be untracked for the call to fit the 64 MiB limit), TRAIN_ARGS adds
-#           `medmtl fit` arguments.  TRAIN_SECONDS + 90 s
+#           tracked models/ files must be untracked for the call to fit the 64 MiB limit; or
+#           configs/recon_seg_mni_gpu_refined.yaml, the next stage, from models/recon_seg_mni/model.ckpt),
+#           TRAIN_ARGS adds `medmtl fit` arguments.  TRAIN_SECONDS + 90 s
 #   recon   benchmarks/recon_seg_step.py at fastMRI knee size (15 coils, 640 x 368, 12 cascades, B = 1):
 #           medmtl joint and joint_cg (the shipped kind) against MONAI's VarNet (RECON_MODELS picks), bf16
 #           autocast then fp32, eager and replayed from a CUDA graph, with each eager step's GPU kernel

@@ -3,11 +3,9 @@
 On the MNI validation slices (as ``recon_seg_eval.py``: same slices, seed, masks and Dice), per acceleration,
 the checkpoint's own segmentation U-Net applied to:
 
-- ``as shipped``: the final cascade's magnitude, which it reads in the network (``medmtl recon-seg``'s output);
-- ``refined magnitude``: the final magnitude after the refiner (for a network that has one), which the
-  segmenter was never trained on;
-- ``fully sampled target``: the ground-truth magnitude; the segmenter's own errors, without the
-  reconstruction's.
+- the final cascade's magnitude, which it reads in the network (as shipped: ``medmtl recon-seg``'s labels);
+- the refined magnitude, after the refiner (for a network that has one), which it was never trained on;
+- the fully sampled target: the segmenter's own errors, without the reconstruction's.
 
 Each image is divided by the network's ``input_scale``, as the network divides its own magnitudes.
 
@@ -53,15 +51,15 @@ def probe(predictor: Predictor, data: dict) -> dict[str, np.ndarray]:
     others = predictor.model
     others.refined.clear()
     _, shipped = predictor.run(data["kspace"], data["mask"])
-    rows = {"as shipped": shipped}
+    rows = {"the final cascade's magnitude (as shipped)": shipped}
     if others.net.refiner is not None:
-        rows["refined magnitude"] = np.concatenate(others.refined)
+        rows["the refined magnitude"] = np.concatenate(others.refined)
     # The target stands in for the whole reconstruction; the mask only sets the network's intensity scale.
     kspace = kspace_to_tensor(data["kspace"])
     scale = input_scale(ifft2c(kspace * mask_tensor(data["mask"], kspace.shape[-2])[0]))[:, None, None]
     with torch.inference_mode():
         logits = others.net.seg_net((torch.from_numpy(data["target"]) / scale).unsqueeze(1))
-    rows["fully sampled target"] = logits.argmax(dim=1).to(torch.uint8).numpy()
+    rows["the fully sampled target"] = logits.argmax(dim=1).to(torch.uint8).numpy()
     return rows
 
 

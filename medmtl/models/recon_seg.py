@@ -138,7 +138,10 @@ class ReconSegNet(nn.Module):
         cg_iterations: conjugate-gradient steps per cascade of ``dc: cg``.
         refine_chans, refine_pools: a real U-Net that refines the final magnitude (its residual, starting at
             zero), e.g. to remove what the last data-consistency step brings back of the k-space noise outside
-            the head; 0 channels: none. The segmentation reads the unrefined magnitude.
+            the head; 0 channels: none. The segmentation reads the unrefined magnitude, unless
+            ``segment_refined``.
+        segment_refined: the last segmentation reads the refined magnitude instead of the last cascade's
+            (needs a refiner and a segmentation); the earlier ones, fed back into the cascades, are unchanged.
         sens_chans, sens_pools: the coil-map refiner's U-Net.
         sens_downsample: the factor by which coil maps are refined at lower resolution.
         num_classes: segmentation classes K, background included.
@@ -164,6 +167,7 @@ class ReconSegNet(nn.Module):
         cg_iterations: int = 5,
         refine_chans: int = 0,
         refine_pools: int = 3,
+        segment_refined: bool = False,
     ):
         super().__init__()
         if mode not in _TASKS:
@@ -178,8 +182,14 @@ class ReconSegNet(nn.Module):
         ):
             if value < 1:
                 raise ConfigError(name, f"must be at least 1, got {value}")
+        if segment_refined and (refine_chans < 1 or mode not in ("joint", "sequential")):
+            raise ConfigError(
+                "segment_refined",
+                f"needs a refiner (refine_chans > 0, got {refine_chans}) and mode joint or sequential, got {mode!r}",
+            )
         self.mode = mode
         self.seg_every = seg_every
+        self.segment_refined = segment_refined
         if "recon" in self.tasks:
             self.sens_net = SensitivityNet(sens_chans, sens_pools, sens_downsample)
             prior_chans = num_classes if mode == "joint" else 0
@@ -249,6 +259,8 @@ class ReconSegNet(nn.Module):
             image = cascade(image, measured, mask, sens, prior, terms)
             magnitude = complex_abs(image, _ABS_EPS)
             recons.append(magnitude * scale[:, None, None])
+            if i == last and self.segment_refined:
+                continue  # segmented after the refiner
             if (joint and ((i + 1) % self.seg_every == 0 or i == last)) or (
                 self.mode == "sequential" and i == last
             ):
@@ -259,6 +271,8 @@ class ReconSegNet(nn.Module):
             refined = (magnitude + self.refiner(magnitude.unsqueeze(1)).squeeze(1)).clamp_min(0)
             recons[-1] = refined * scale[:, None, None]
             image = image * (refined / magnitude)[..., None]  # the refined magnitude, the image's phase
+            if self.segment_refined:
+                logits_all.append(self.seg_net(refined.unsqueeze(1)))
         return ReconSegOutput(
             recon=recons[-1],
             recon_complex=image * s[:, 0],

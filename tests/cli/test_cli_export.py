@@ -84,7 +84,10 @@ def test_onnxruntime_matches_pytorch_with_a_mask_that_varies_along_h(exported):
 
 
 @pytest.mark.slow
-def test_a_network_with_conjugate_gradient_data_consistency_and_a_refiner_exports_and_verifies(tmp_path):
+@pytest.mark.parametrize("segment_refined", [False, True])
+def test_a_network_with_conjugate_gradient_data_consistency_and_a_refiner_exports_and_verifies(
+    tmp_path, segment_refined
+):
     # dc: cg unrolls its CG solves into the graph, through the same shared data-consistency terms (whose step
     # the default run checks against eager PyTorch: test_data_consistency.py); a second export takes minutes.
     net = {
@@ -93,7 +96,8 @@ def test_a_network_with_conjugate_gradient_data_consistency_and_a_refiner_export
         "cg_iterations": 3,
         "refine_chans": 2,
         "refine_pools": 1,
-    }  # the shipped kind
+        "segment_refined": segment_refined,
+    }  # the shipped kind (False), and the one segmenting the refined magnitude
     checkpoint = save_checkpoint(tmp_path / "cg.ckpt", net, perturb=0.05)
     output = tmp_path / "cg.onnx"
     assert main(["export", "--checkpoint", str(checkpoint), "--output", str(output)]) == 0

@@ -206,6 +206,10 @@ def test_bad_config_in_a_subprocess_has_no_traceback(tmp_path):
             ["recon_seg_mni.yaml", "recon_seg_mni_gpu.yaml", "recon_seg_mni_gpu_cg.yaml"],
             "init_weights: models/recon_seg_mni/refine_stage.ckpt",
         ),
+        (
+            ["recon_seg_mni.yaml", "recon_seg_mni_gpu.yaml", "recon_seg_mni_gpu_refined.yaml"],
+            "segment_refined: true",
+        ),
         (["lesion_mni.yaml"], "tag_pooling: outline"),
         (["lesion_mni.yaml", "lesion_mni_outline.yaml"], "init_weights: models/lesion_mni/box_stage.ckpt"),
     ],

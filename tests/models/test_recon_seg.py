@@ -9,9 +9,10 @@ from medmtl.cplx import complex_abs
 from medmtl.data.mni import SimulationOptions
 from medmtl.data.online import SimulatedKSpaceDataset
 from medmtl.errors import ConfigError, InputError
+from medmtl.fft import ifft2c
 from medmtl.keys import Keys
 from medmtl.models import ReconSegNet
-from medmtl.models.recon_seg import ramp_weights, recon_loss
+from medmtl.models.recon_seg import input_scale, ramp_weights, recon_loss
 from medmtl.transforms.acs import acs_mask_from_mask
 from medmtl.transforms.masks import make_mask
 
@@ -257,3 +258,29 @@ def test_the_refiner_starts_as_the_identity_and_changes_only_the_reconstruction(
     assert (c.recon > a.recon).float().mean() > 0.99
     torch.testing.assert_close(complex_abs(c.recon_complex), c.recon, rtol=1e-4, atol=1e-6)
     assert all(torch.equal(x, y) for x, y in zip(c.recons[:-1], a.recons[:-1], strict=True))
+
+
+def test_segment_refined_segments_the_refined_magnitude_last(simulated_batch):
+    batch = simulated_batch
+    args = {**TINY, "dc": "cg", "refine_chans": 2, "refine_pools": 1}
+    torch.manual_seed(0)
+    plain = ReconSegNet(mode="joint", **args).eval()
+    refined = ReconSegNet(mode="joint", segment_refined=True, **args).eval()
+    refined.load_state_dict(plain.state_dict())  # the same weights: the option adds none
+    with torch.no_grad():
+        plain.refiner.head.bias.fill_(0.05)
+        refined.refiner.head.bias.fill_(0.05)
+        a, b = _run(plain, batch), _run(refined, batch)
+        scale = input_scale(ifft2c(batch[Keys.KSPACE] * batch[Keys.MASK]))[:, None, None]
+        expected = refined.seg_net((b.recon / scale).unsqueeze(1))
+    torch.testing.assert_close(b.recon, a.recon)
+    assert len(b.seg_logits_all) == len(a.seg_logits_all)
+    torch.testing.assert_close(b.seg_logits_all[0], a.seg_logits_all[0])  # the fed-back one
+    torch.testing.assert_close(b.seg_logits, expected)
+    assert not torch.allclose(b.seg_logits, a.seg_logits)
+
+
+@pytest.mark.parametrize(("mode", "refine_chans"), [("joint", 0), ("recon", 2), ("seg_target", 2)])
+def test_segment_refined_needs_a_refiner_and_a_reconstruction_to_segment(mode, refine_chans):
+    with pytest.raises(ConfigError, match="segment_refined"):
+        ReconSegNet(mode=mode, refine_chans=refine_chans, segment_refined=True, **TINY)
