@@ -79,6 +79,14 @@ def read(path: Path) -> dict:
         }
 
 
+def validation_data(acceleration: float) -> dict:
+    """``read`` of the axial validation slices as ``medmtl data mni`` writes them at this acceleration."""
+    options = SimulationOptions(accelerations=(acceleration,), center_fractions=(SETTINGS[acceleration],))
+    with tempfile.TemporaryDirectory() as tmp:
+        (path,) = build_mni_dataset(Path(tmp), splits=("val",), options=options, seed=SEED, show_progress=False)
+        return read(path)
+
+
 def metrics(recon: np.ndarray, target: np.ndarray, seg: np.ndarray | None, labels: np.ndarray) -> dict:
     r, t = torch.from_numpy(recon).double(), torch.from_numpy(target).double()
     row = {"ssim": float(ssim(r, t).mean()), "psnr": float(psnr(r, t).mean())}

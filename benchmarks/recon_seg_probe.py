@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from recon_seg_eval import SEED, SETTINGS, mask_tensor, metrics, read
+from recon_seg_eval import SETTINGS, mask_tensor, metrics, validation_data
 
-from medmtl.data.build import build_mni_dataset
 from medmtl.data.files import kspace_to_tensor
-from medmtl.data.mni import SimulationOptions
 from medmtl.fft import ifft2c
 from medmtl.inference import Predictor
 from medmtl.models.recon_seg import input_scale
@@ -78,12 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor.model = _SegmentOthers(predictor.model)
     print("| acceleration | the segmenter reads | Dice GM | Dice WM |\n|---|---|---|---|")
     for acceleration in args.accelerations:
-        options = SimulationOptions(accelerations=(acceleration,), center_fractions=(SETTINGS[acceleration],))
-        with tempfile.TemporaryDirectory() as tmp:
-            (path,) = build_mni_dataset(
-                Path(tmp), splits=("val",), options=options, seed=SEED, show_progress=False
-            )
-            data = read(path)
+        data = validation_data(acceleration)
         for name, seg in probe(predictor, data).items():
             row = metrics(data["target"], data["target"], seg, data["labels"])
             print(f"| {acceleration:g}x | {name} | {row['dice_gm']:.3f} | {row['dice_wm']:.3f} |", flush=True)

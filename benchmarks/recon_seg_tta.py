@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from recon_seg_eval import SEED, SETTINGS, read
+from recon_seg_eval import SETTINGS, validation_data
 
-from medmtl.data.build import build_mni_dataset
-from medmtl.data.mni import SimulationOptions
 from medmtl.inference import Predictor
 from medmtl.metrics.seg import dice_hd95
 
@@ -68,12 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("| acceleration | views | Dice GM | Dice WM |\n|---|---|---|---|")
     for acceleration in args.accelerations:
-        options = SimulationOptions(accelerations=(acceleration,), center_fractions=(SETTINGS[acceleration],))
-        with tempfile.TemporaryDirectory() as tmp:
-            (path,) = build_mni_dataset(
-                Path(tmp), splits=("val",), options=options, seed=SEED, show_progress=False
-            )
-            data = read(path)
+        data = validation_data(acceleration)
         kspace, mask = data["kspace"], np.asarray(data["mask"])
         views = {
             "as measured": probabilities(kspace, mask),
