@@ -79,6 +79,20 @@ def read(path: Path) -> dict:
         }
 
 
+def checkpoint_args(doc: str, argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parser and arguments of a one-checkpoint benchmark: --checkpoint, --accelerations, --threads
+    (applied to torch here)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--accelerations", type=float, nargs="+", default=sorted(SETTINGS))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if any(a not in SETTINGS for a in args.accelerations):
+        parser.error(f"--accelerations: choose from {sorted(SETTINGS)}")
+    torch.set_num_threads(args.threads)
+    return parser, args
+
+
 def validation_data(acceleration: float) -> dict:
     """``read`` of the axial validation slices as ``medmtl data mni`` writes them at this acceleration."""
     options = SimulationOptions(accelerations=(acceleration,), center_fractions=(SETTINGS[acceleration],))

@@ -14,13 +14,11 @@ Each image is divided by the network's ``input_scale``, as the network divides i
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-from recon_seg_eval import SETTINGS, mask_tensor, metrics, validation_data
+from recon_seg_eval import checkpoint_args, mask_tensor, metrics, validation_data
 
 from medmtl.data.files import kspace_to_tensor
 from medmtl.fft import ifft2c
@@ -61,14 +59,7 @@ def probe(predictor: Predictor, data: dict) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--accelerations", type=float, nargs="+", default=sorted(SETTINGS))
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    if any(a not in SETTINGS for a in args.accelerations):
-        parser.error(f"--accelerations: choose from {sorted(SETTINGS)}")
-    torch.set_num_threads(args.threads)
+    parser, args = checkpoint_args(__doc__, argv)
     predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=4)
     if getattr(predictor.model, "mode", None) not in ("joint", "sequential"):
         parser.error(f"--checkpoint {args.checkpoint}: not a joint or sequential recon+seg network")

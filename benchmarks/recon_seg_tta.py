@@ -17,13 +17,11 @@ exact in k-space for odd and even sizes. Dice per class as in ``recon_seg_eval.p
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-from recon_seg_eval import SETTINGS, validation_data
+from recon_seg_eval import checkpoint_args, validation_data
 
 from medmtl.inference import Predictor
 from medmtl.metrics.seg import dice_hd95
@@ -49,12 +47,7 @@ def mirror(array, axis: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--accelerations", type=float, nargs="+", default=sorted(SETTINGS))
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    _, args = checkpoint_args(__doc__, argv)
     predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=4)
     keep = predictor.model = _KeepProbabilities(predictor.model)
 
