@@ -283,3 +283,8 @@ class ProximalDC(nn.Module):
 
             data = adjoint_op(measured, sens, mask)
         return conjugate_gradient(normal, data + lam * image, self.iterations, x0=image)
+
+
+def proximal_steps(network: nn.Module) -> set[int]:
+    """The conjugate-gradient step counts of the ``ProximalDC`` steps in ``network``; empty when it has none."""
+    return {m.iterations for m in network.modules() if isinstance(m, ProximalDC)}

@@ -9,7 +9,7 @@ from test_cli_recon_seg import save_checkpoint
 
 from medmtl.cli import main
 from medmtl.inference import Predictor
-from medmtl.models.data_consistency import ProximalDC
+from medmtl.models.data_consistency import proximal_steps
 
 
 def test_slim_copy_predicts_the_same_and_is_smaller(tmp_path, make_kspace, capsys):
@@ -61,8 +61,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def proximal_iterations(path) -> set[int]:
-    network = Predictor.from_checkpoint(path).model
-    return {m.iterations for m in network.modules() if isinstance(m, ProximalDC)}
+    return proximal_steps(Predictor.from_checkpoint(path).model)
 
 
 def test_cg_iterations_sets_the_proximal_steps_of_the_copy(tmp_path, make_kspace):
