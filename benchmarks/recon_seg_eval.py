@@ -9,8 +9,10 @@ the axial validation slices with ``medmtl data mni`` (seed 0, never trained on) 
   (PSNR, because SSIM prefers a strongly shrunk image whose intensities are off: at 4x the SSIM-best setting
   gave SSIM 0.64 at PSNR 17.7 dB);
 - one row per ``--checkpoint NAME=PATH``, run through ``medmtl.inference.Predictor`` exactly as
-  ``medmtl recon-seg`` does; with ``--cg-iterations N``, every checkpoint whose data consistency is the
-  proximal (``cg``) step runs N conjugate-gradient steps per cascade instead of the number it was trained with.
+  ``medmtl recon-seg --no-tta`` does (one forward pass), and one per ``--tta NAME=PATH``, with mirror
+  test-time augmentation as ``medmtl recon-seg`` runs by default; rows in the order given. With
+  ``--cg-iterations N``, every checkpoint whose data consistency is the proximal (``cg``) step runs N
+  conjugate-gradient steps per cascade instead of the number it was trained with.
 
 SSIM is skimage's ``structural_similarity`` (7 x 7 window, data range = the target's maximum) over the whole
 slice; PSNR uses the same data range; both are averaged over slices. Dice per class is computed per slice and
@@ -18,8 +20,8 @@ averaged over the slices where the class is present. A segmentation-only network
 ``seg_target``) reports the zero-filled image (and, for ``seg_target``, is given the target), so its SSIM and
 PSNR are those of its input.
 
-    .venv/bin/python benchmarks/recon_seg_eval.py --checkpoint shipped=models/recon_seg_mni/model.ckpt \
-        --json models/recon_seg_mni/eval.json
+    .venv/bin/python benchmarks/recon_seg_eval.py --tta shipped=models/recon_seg_mni/model.ckpt \
+        --checkpoint "shipped, one pass=models/recon_seg_mni/model.ckpt" --json eval.json
 """
 
 from __future__ import annotations
@@ -97,7 +99,9 @@ def validation_data(acceleration: float) -> dict:
     """``read`` of the axial validation slices as ``medmtl data mni`` writes them at this acceleration."""
     options = SimulationOptions(accelerations=(acceleration,), center_fractions=(SETTINGS[acceleration],))
     with tempfile.TemporaryDirectory() as tmp:
-        (path,) = build_mni_dataset(Path(tmp), splits=("val",), options=options, seed=SEED, show_progress=False)
+        (path,) = build_mni_dataset(
+            Path(tmp), splits=("val",), options=options, seed=SEED, show_progress=False
+        )
         return read(path)
 
 
@@ -147,10 +151,12 @@ def evaluate(
     threads: int,
     cg: bool = True,
     cg_iterations: int | None = None,
+    tta: frozenset[str] = frozenset(),
 ) -> list[dict]:
+    """The rows of the module docstring; the checkpoints named in ``tta`` run with mirror TTA."""
     torch.set_num_threads(threads)
     predictors = {
-        name: Predictor.from_checkpoint(path, batch_size=4, require_segmentation=False)
+        name: Predictor.from_checkpoint(path, batch_size=4, require_segmentation=False, tta=name in tta)
         for name, path in checkpoints.items()
     }
     if cg_iterations is not None:
@@ -221,11 +227,28 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        dest="rows",
+        default=[],
+        type=lambda s: (s, False),
+        metavar="NAME=PATH",
+    )
+    parser.add_argument(
+        "--tta",
+        action="append",
+        dest="rows",
+        type=lambda s: (s, True),
+        metavar="NAME=PATH",
+        help="a checkpoint run with mirror test-time augmentation",
+    )
     parser.add_argument("--accelerations", type=float, nargs="+", default=sorted(SETTINGS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument("--no-cg", action="store_true", help="leave out the CG-SENSE row (its tuning is slow)")
+    parser.add_argument(
+        "--no-cg", action="store_true", help="leave out the CG-SENSE row (its tuning is slow)"
+    )
     parser.add_argument(
         "--cg-iterations", type=int, metavar="N", help="CG steps per cascade of proximal (cg) checkpoints"
     )
@@ -234,14 +257,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--accelerations: choose from {sorted(SETTINGS)}")
     if args.cg_iterations is not None and args.cg_iterations < 1:
         parser.error(f"--cg-iterations: must be at least 1, got {args.cg_iterations}")
-    checkpoints = {}
-    for spec in args.checkpoint:
+    checkpoints, tta = {}, set()
+    for spec, mirrored in args.rows:
         name, sep, path = spec.partition("=")
         if not sep:
-            parser.error(f"--checkpoint {spec!r}: expected NAME=PATH")
+            parser.error(f"{'--tta' if mirrored else '--checkpoint'} {spec!r}: expected NAME=PATH")
+        if name in checkpoints:
+            parser.error(f"two rows are named {name!r}")
         checkpoints[name] = Path(path)
+        if mirrored:
+            tta.add(name)
     rows = evaluate(
-        checkpoints, args.accelerations, args.threads, cg=not args.no_cg, cg_iterations=args.cg_iterations
+        checkpoints,
+        args.accelerations,
+        args.threads,
+        cg=not args.no_cg,
+        cg_iterations=args.cg_iterations,
+        tta=frozenset(tta),
     )
     print(table(rows))
     if args.json:

@@ -289,6 +289,10 @@ class Predictor:
         classes: class names, index = label.
         device: where to run.
         batch_size: slices per forward pass.
+        tta: mirror test-time augmentation (as nnU-Net's): each batch also runs mirrored along H (k-space
+            reversed along H) and along W (k-space and mask reversed along W, so the same lines are sampled at
+            mirrored positions); the three softmaxes and magnitudes are mirrored back and averaged. Three
+            forward passes instead of one.
     """
 
     def __init__(
@@ -298,6 +302,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         batch_size: int = 1,
         require_segmentation: bool = True,
+        tta: bool = False,
     ):
         if batch_size < 1:
             raise InputError("batch_size", f"must be at least 1, got {batch_size}")
@@ -309,6 +314,7 @@ class Predictor:
         self.classes = tuple(classes)
         self.batch_size = batch_size
         self.segments = "seg" in tasks
+        self.tta = tta
 
     @classmethod
     def from_checkpoint(
@@ -317,6 +323,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         batch_size: int = 1,
         require_segmentation: bool = True,
+        tta: bool = False,
     ) -> Predictor:
         """Build the network a ``medmtl fit`` checkpoint describes and load its weights.
 
@@ -342,6 +349,7 @@ class Predictor:
                 device=device,
                 batch_size=batch_size,
                 require_segmentation=require_segmentation,
+                tta=tta,
             )
         except InputError as err:
             raise InputError(path, f"holds a network that {err.what}") from err
@@ -353,6 +361,7 @@ class Predictor:
         batch_size: int = 1,
         threads: int | None = None,
         require_segmentation: bool = True,
+        tta: bool = False,
     ) -> Predictor:
         """Load a network exported by ``medmtl export`` (onnxruntime, CPU); the same interface and outputs
         as ``from_checkpoint`` within the export's verified tolerance. Raises ``InputError(path, what)`` for a
@@ -362,7 +371,11 @@ class Predictor:
         network = OnnxNetwork(path, threads=threads)
         try:
             return cls(
-                network, network.classes, batch_size=batch_size, require_segmentation=require_segmentation
+                network,
+                network.classes,
+                batch_size=batch_size,
+                require_segmentation=require_segmentation,
+                tta=tta,
             )
         except InputError as err:
             raise InputError(path, f"holds a network that {err.what}") from err
@@ -435,15 +448,45 @@ class Predictor:
                     raise InputError("kspace", f"slice {start + i}: {err.what}") from err
             scale = torch.stack(scales)[:, None, None]
             b = chunk.shape[0]
-            out = self.model(
+            recon, probabilities = self._forward(
                 chunk / scale[..., None, None],
                 mask_t.expand(b, -1, -1, -1, -1),
                 acs_t.expand(b, -1, -1, -1, -1),
             )
-            recon = out.recon if out.recon is not None else rss_image(chunk / scale[..., None, None])
-            recons.append((recon.float() * scale).cpu().numpy())
-            if out.seg_logits is not None:
-                segs.append(out.seg_logits.argmax(dim=1).to(torch.uint8).cpu().numpy())
+            recons.append((recon * scale).cpu().numpy())
+            if probabilities is not None:
+                segs.append(probabilities.argmax(dim=1).to(torch.uint8).cpu().numpy())
             if progress is not None:
                 progress(b)
         return np.concatenate(recons).astype(np.float32, copy=False), np.concatenate(segs) if segs else None
+
+    def _forward(
+        self, kspace: torch.Tensor, mask: torch.Tensor, acs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Magnitude (B, H, W) float32 and softmax (B, K, H, W) or None, averaged over the ``tta`` views.
+
+        kspace (B, C, H, W, 2), mask and acs (B, 1, Hm, W, 1). A view mirrors the image dimension ``dim`` of
+        k-space and mask; mirroring about the centre index, i -> (2 (n // 2) - i) mod n, reverses the centred
+        FFT's image along the same dimension, for odd and even n alike, so the outputs are mirrored back with
+        the same map (a mask with Hm = 1 is its own mirror along H)."""
+        recon_sum, prob_sum = None, None
+        # (the inputs' dimension, the outputs'): H, W are -3, -2 of k-space and mask, -2, -1 of the outputs
+        views = ((None, None), (-3, -2), (-2, -1)) if self.tta else ((None, None),)
+        for dim, out_dim in views:
+            out = self.model(*(_mirror(x, dim) for x in (kspace, mask, acs)))
+            recon = _mirror(out.recon.float(), out_dim) if out.recon is not None else rss_image(kspace)
+            recon_sum = recon if recon_sum is None else recon_sum + recon
+            if out.seg_logits is not None:
+                prob = _mirror(out.seg_logits.float().softmax(dim=1), out_dim)
+                prob_sum = prob if prob_sum is None else prob_sum + prob
+        n = len(views)
+        return recon_sum / n, None if prob_sum is None else prob_sum / n
+
+
+def _mirror(x: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """``x`` mirrored along ``dim`` about the centre index, i -> (2 (n // 2) - i) mod n; ``x`` for None."""
+    if dim is None:
+        return x
+    n = x.shape[dim]
+    index = (2 * (n // 2) - torch.arange(n, device=x.device)) % n
+    return x.index_select(dim, index)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from medmtl.errors import InputError
 from medmtl.inference import Predictor, write_predictions
 from medmtl.keys import MNI_CLASSES
 from medmtl.models.recon_seg import ReconSegNet
+from medmtl.transforms.coils import rss_image
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +95,47 @@ def test_reconstruction_only_network_runs_but_does_not_predict(make_kspace):
         recon_only.predict_volume(kspace, mask)
     with pytest.raises(InputError, match="no segmentation task"):
         Predictor(ReconSegNet(**(TINY_NET | {"mode": "recon"})), ())
+
+
+class _MirrorEquivariant(torch.nn.Module):
+    """Zero-filled RSS image and a per-pixel threshold segmentation of it: both commute with mirroring the
+    k-space and mask about the centre index, so mirror TTA must return the single pass."""
+
+    tasks = ("recon", "seg")
+
+    def forward(self, kspace, mask, acs_mask):
+        image = rss_image(kspace * mask)
+        logits = torch.stack([image.median() - image, image - image.median(), 0 * image], dim=1)
+        return SimpleNamespace(recon=image, seg_logits=logits)
+
+
+@pytest.mark.parametrize("mask_shape", ["1d", "2d"])
+@pytest.mark.parametrize("size", [(64, 66), (63, 67)])
+def test_mirror_tta_of_a_mirror_equivariant_network_is_its_single_pass(make_kspace, mask_shape, size):
+    h, w = size
+    kspace = _volume(make_kspace, slices=2, h=h, w=w)
+    rng = np.random.default_rng(0)
+    # Neither mask is its own mirror, so a view that mirrors k-space but not the mask gives another image.
+    mask = np.zeros(w, np.float32)
+    mask[1::3] = 1
+    mask[w // 2 - 3 : w // 2 + 2] = 1
+    if mask_shape == "2d":
+        mask = (rng.random((h, w)) < 0.4).astype(np.float32)
+        mask[h // 2 - 4 : h // 2 + 3, w // 2 - 4 : w // 2 + 3] = 1
+    single = Predictor(_MirrorEquivariant(), MNI_CLASSES, batch_size=2).predict_volume(kspace, mask)
+    tta = Predictor(_MirrorEquivariant(), MNI_CLASSES, batch_size=2, tta=True).predict_volume(kspace, mask)
+    np.testing.assert_allclose(tta[0], single[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(tta[1], single[1])
+
+
+def test_mirror_tta_of_a_network_averages_three_views(predictor, make_kspace):
+    kspace = _volume(make_kspace)
+    mask = np.zeros(66, np.float32)
+    mask[1::3] = 1
+    mask[30:36] = 1
+    tta = Predictor(predictor.model, MNI_CLASSES, batch_size=2, tta=True)
+    done = []
+    recon, seg = tta.predict_volume(kspace, mask, progress=done.append)
+    assert recon.shape == seg.shape == (3, 64, 66) and done == [2, 1]
+    single, _ = predictor.predict_volume(kspace, mask)
+    assert not np.allclose(recon, single)  # the network is not mirror-equivariant

@@ -8,6 +8,10 @@ loading it back with ``medmtl.inference.Predictor``, and is written atomically. 
 ``--cg-iterations N`` lets the copy's proximal data-consistency steps (``dc: cg``) run N conjugate-gradient
 steps per cascade instead of the number they were trained with; the weights are unchanged. More steps solve
 each cascade's linear system more exactly, which MoDL does at test time too.
+
+``--segment-refined`` lets the copy's last segmentation read the refined magnitude (after the refiner) instead
+of the last cascade's (``ReconSegNet(segment_refined=True)``), ``--no-segment-refined`` the last cascade's; the
+weights are unchanged, and so are the segmentations fed back into the cascades.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ import argparse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+_REFINED_MODES = ("joint", "sequential")
+# Record keys of the configuration a network was trained with, where a copy changed it.
+_TRAINED_KEYS = ("cg_iterations_trained", "segment_refined_trained")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         metavar="N",
         help="CG steps per cascade of the copy's proximal data consistency (default: as trained)",
+    )
+    slim.add_argument(
+        "--segment-refined",
+        action=argparse.BooleanOptionalAction,
+        help="the copy's last segmentation reads the refined magnitude, or not (a recon+seg network with a "
+        "refiner; default: as the source)",
     )
     slim.set_defaults(func=run_slim)
 
@@ -70,12 +84,23 @@ def run_slim(args: argparse.Namespace) -> int:
             "epoch": int(checkpoint.get("epoch", record.get("epoch", -1))),
         },
     }
+    # What the copy changes of the network's configuration; the record keeps the values it was trained with
+    # (those of the first copy, in a chain of copies).
+    changes: dict[str, Any] = {}
     if args.cg_iterations is not None:
+        changes["cg_iterations"] = args.cg_iterations
         trained = _proximal_iterations(args.checkpoint, source)
-        slim["hyper_parameters"] = _with_cg_iterations(
-            args.checkpoint, slim["hyper_parameters"], args.cg_iterations
-        )
-        slim["medmtl"]["cg_iterations_trained"] = record.get("cg_iterations_trained", trained)
+        slim["medmtl"]["cg_iterations_trained"] = trained
+    if args.segment_refined is not None:
+        if getattr(source, "refiner", None) is None or getattr(source, "mode", None) not in _REFINED_MODES:
+            raise InputError(
+                args.checkpoint, "holds no joint or sequential network with a refiner for --segment-refined"
+            )
+        changes["segment_refined"] = args.segment_refined
+        slim["medmtl"]["segment_refined_trained"] = bool(source.segment_refined)
+    slim["medmtl"] |= {k: v for k, v in record.items() if k in _TRAINED_KEYS}
+    if changes:
+        slim["hyper_parameters"] = _with_init_args(args.checkpoint, slim["hyper_parameters"], changes)
     with atomic_path(args.output) as tmp:
         torch.save(slim, tmp)
         Predictor.from_checkpoint(tmp, require_segmentation=False)
@@ -97,12 +122,12 @@ def _proximal_iterations(path: Path, network: Any) -> int:
     return max(steps)
 
 
-def _with_cg_iterations(path: Path, hparams: Mapping[str, Any], iterations: int) -> dict[str, Any]:
-    """``hparams`` with the network's ``cg_iterations`` init argument set to ``iterations``."""
+def _with_init_args(path: Path, hparams: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``hparams`` with the network's init arguments updated by ``changes``."""
     from medmtl.errors import InputError
 
     model = hparams.get("model")
     init_args = model.get("init_args") if isinstance(model, Mapping) else None
     if not isinstance(init_args, Mapping):
-        raise InputError(path, "records no network init_args for --cg-iterations to set")
-    return {**hparams, "model": {**model, "init_args": {**init_args, "cg_iterations": iterations}}}
+        raise InputError(path, f"records no network init_args for {', '.join(changes)} to set")
+    return {**hparams, "model": {**model, "init_args": {**init_args, **changes}}}

@@ -5,6 +5,9 @@ intensity units of the input's coil-combined image, ``segmentation`` (S, H, W) u
 ``classes`` (DESIGN.md, "File formats"). Each file's stored mask is used (or the mask its zero columns
 imply); the calibration region is estimated from it. ``--png`` adds ``OUTPUT/<name>_slice<NNN>.png`` per
 slice. Inputs are opened read-only and every input is checked before the first output is written.
+
+By default each batch is also run mirrored along H and along W, and the softmaxes and magnitudes are averaged
+(mirror test-time augmentation, as nnU-Net does): three forward passes. ``--no-tta`` runs one.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device", default="auto", help="torch device, e.g. cpu or cuda:0; auto takes a GPU if there is one"
     )
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mirror test-time augmentation: average over the input and its mirrors along H and W "
+        "(3 forward passes; default: on)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -58,10 +68,12 @@ def run(args: argparse.Namespace) -> int:
     if args.onnx:
         if args.device not in ("auto", "cpu"):
             raise InputError("--device", f"{args.device!r}: an ONNX model runs on the CPU here")
-        predictor = Predictor.from_onnx(args.onnx, batch_size=args.batch_size)
+        predictor = Predictor.from_onnx(args.onnx, batch_size=args.batch_size, tta=args.tta)
     else:
         device = _device(args.device)
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=device, batch_size=args.batch_size)
+        predictor = Predictor.from_checkpoint(
+            args.checkpoint, device=device, batch_size=args.batch_size, tta=args.tta
+        )
 
     files = expand_kspace_paths(args.input)
     output = Path(args.output)

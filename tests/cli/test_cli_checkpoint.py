@@ -97,3 +97,45 @@ def test_cg_iterations_of_a_network_without_proximal_steps_is_one_line_and_exit_
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and what in err
         assert not out.exists()
+
+
+def test_segment_refined_makes_the_copy_segment_the_refined_magnitude(tmp_path, make_kspace, capsys):
+    trained = save_checkpoint(
+        tmp_path / "r.ckpt", {**TINY_NET, "refine_chans": 2, "refine_pools": 1}, perturb=0.1
+    )
+    copy = tmp_path / "refined.ckpt"
+    assert (
+        main(["checkpoint", "slim", "--checkpoint", str(trained), "--output", str(copy), "--segment-refined"])
+        == 0
+    )
+    assert torch.load(copy, weights_only=True)["medmtl"]["segment_refined_trained"] is False
+    kspace, _ = make_kspace(5, 2, 2, 40, 44)
+    mask = np.zeros(44, np.float32)
+    mask[::3] = 1
+    mask[20:24] = 1
+    original, flipped = Predictor.from_checkpoint(trained), Predictor.from_checkpoint(copy)
+    assert flipped.model.segment_refined and not original.model.segment_refined
+    recon, seg = original.predict_volume(kspace, mask)
+    original.model.segment_refined = True
+    expected = original.predict_volume(kspace, mask)
+    got = flipped.predict_volume(kspace, mask)
+    np.testing.assert_array_equal(got[0], recon)  # the reconstruction is unchanged
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert not np.array_equal(got[1], seg)
+    # --no-segment-refined gives back the original's predictions; the record keeps what it was trained with.
+    back = tmp_path / "back.ckpt"
+    assert (
+        main(["checkpoint", "slim", "--checkpoint", str(copy), "--output", str(back), "--no-segment-refined"])
+        == 0
+    )
+    assert torch.load(back, weights_only=True)["medmtl"]["segment_refined_trained"] is False
+    np.testing.assert_array_equal(Predictor.from_checkpoint(back).predict_volume(kspace, mask)[1], seg)
+    # A network without a refiner has no refined magnitude: one line, exit 2, nothing written.
+    plain = save_checkpoint(tmp_path / "plain.ckpt", TINY_NET)
+    out = tmp_path / "o.ckpt"
+    assert (
+        main(["checkpoint", "slim", "--checkpoint", str(plain), "--output", str(out), "--segment-refined"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--segment-refined" in err and not out.exists()

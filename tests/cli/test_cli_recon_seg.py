@@ -16,7 +16,8 @@ import torch
 from conftest import TINY_NET, save_fit_checkpoint
 
 from medmtl.cli import main
-from medmtl.io.kspace import write_kspace_h5
+from medmtl.inference import Predictor
+from medmtl.io.kspace import KSpaceFile, write_kspace_h5
 from medmtl.keys import MNI_CLASSES
 from medmtl.models.recon_seg import ReconSegNet
 
@@ -240,3 +241,23 @@ def test_mask_without_a_centre_is_an_error(tmp_path, make_kspace, checkpoint, ca
     )
     line = _one_error_line(capsys)
     assert "scan.h5" in line and "centre" in line
+
+
+def test_mirror_tta_is_the_default_and_no_tta_runs_one_pass(tmp_path, make_kspace, checkpoint):
+    src = write_input(tmp_path / "scan.h5", make_kspace, (2, 2, 64, 70))
+    with KSpaceFile(src) as f:
+        kspace, mask = np.stack([f.read_slice(i)["kspace"] for i in range(f.num_slices)]), f.mask()
+    for flags, tta in (((), True), (("--no-tta",), False)):
+        out = tmp_path / f"out_{tta}"
+        assert (
+            recon_seg("--checkpoint", str(checkpoint), "--input", str(src), "--output", str(out), *flags) == 0
+        )
+        recon, seg = Predictor.from_checkpoint(checkpoint, tta=tta).predict_volume(kspace, mask)
+        with h5py.File(out / "scan.h5") as f:
+            np.testing.assert_allclose(f["reconstruction"][()], recon, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(f["segmentation"][()], seg)
+    with (
+        h5py.File(tmp_path / "out_True" / "scan.h5") as a,
+        h5py.File(tmp_path / "out_False" / "scan.h5") as b,
+    ):
+        assert not np.allclose(a["reconstruction"][()], b["reconstruction"][()])
