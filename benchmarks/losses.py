@@ -35,7 +35,9 @@ SIZES = {
 }
 
 
-def _timer(device: torch.device, runs: int, warmup: int, budget_s: float = 10.0) -> Callable[[Callable[[], object]], float]:
+def _timer(
+    device: torch.device, runs: int, warmup: int, budget_s: float = 10.0
+) -> Callable[[Callable[[], object]], float]:
     """A function that times a zero-argument callable: median milliseconds over ``runs`` calls. A call
     slower than ``budget_s / runs`` (the slow reference rows at 3D sizes) gets fewer runs, never under
     10; the count used is left in the function's ``last_runs``."""
@@ -53,7 +55,9 @@ def _timer(device: torch.device, runs: int, warmup: int, budget_s: float = 10.0)
             fn()
         torch.cuda.synchronize()
         n = time_ms.last_runs = count(fn)
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)
+        ]
         for start, end in events:
             start.record()
             fn()
@@ -263,7 +267,9 @@ def kernels_only(case: str, sizes, device, time_ms) -> None:
         "forward": _graph_ms(time_ms, lambda: ts.stream(x, y, None, g, win, c1, c2, fwd)),
         "backward maps": _graph_ms(time_ms, lambda: ts.stream(x, y, None, g, win, c1, c2, fwd, grad=grad)),
         "backward adjoint": _graph_ms(time_ms, lambda: ts.adjoint(maps, x, y, g, win, adj)),
-        "fused forward + maps": _graph_ms(time_ms, lambda: ts.stream(x, y, None, g, win, c1, c2, fwd, fused=True)),
+        "fused forward + maps": _graph_ms(
+            time_ms, lambda: ts.stream(x, y, None, g, win, c1, c2, fwd, fused=True)
+        ),
         "scaled adjoint": _graph_ms(time_ms, lambda: ts.adjoint(maps, x, y, g, win, adj, scale=grad)),
     }
 
@@ -317,7 +323,10 @@ def tune(device, time_ms, sizes) -> None:
         print("| ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
         for shape in SSIM_SHAPES[g.is3d]:
             cells = _ssim_shape_times(time_ms, x, y, g, win, c1, c2, grad, shape)
-            print(f"| {shape[0]} | {shape[1]} | {shape[2]} | " + " | ".join(map(_show, cells)) + " |", flush=True)
+            print(
+                f"| {shape[0]} | {shape[1]} | {shape[2]} | " + " | ".join(map(_show, cells)) + " |",
+                flush=True,
+            )
     shape = sizes["dicece"]
     z = torch.randn(shape, device=device).flatten(2)
     labels = torch.randint(0, shape[1], (shape[0], z.shape[2]), device=device).float()
@@ -361,7 +370,9 @@ def profile(device, sizes) -> None:
                 fn()
             sync()
         print(f"\n### {name}: 20 eager forward + backward calls\n")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=48))
+        print(
+            prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=48)
+        )
 
 
 def main() -> None:
@@ -373,7 +384,9 @@ def main() -> None:
     parser.add_argument("--cases", default="ssim2d,ssim3d,dicece", help="comma-separated subset")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--tune", action="store_true", help="sweep the Triton launch shapes too (CUDA)")
-    parser.add_argument("--profile", action="store_true", help="profile the eager Triton calls' host time (CUDA)")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the eager Triton calls' host time (CUDA)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -405,7 +418,9 @@ def main() -> None:
             labels = torch.randint(0, shape[1], (shape[0], 1, *shape[2:]), generator=g, device=device).float()
             floor = (3 * logits.numel() + 2 * labels.numel()) * 4
             title = f"Dice + CE {'x'.join(map(str, shape))}, float32 labels"
-            table(title, dice_contenders(labels, cuda), logits, floor, rate, time_ms, "MONAI DiceCELoss", cuda)
+            table(
+                title, dice_contenders(labels, cuda), logits, floor, rate, time_ms, "MONAI DiceCELoss", cuda
+            )
     if args.profile and cuda:
         profile(device, sizes)
     if args.tune and cuda:

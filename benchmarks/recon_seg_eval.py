@@ -83,11 +83,17 @@ def read(path: Path) -> dict:
 
 def checkpoint_args(doc: str, argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     """The parser and arguments of a one-checkpoint benchmark: --checkpoint, --accelerations, --threads
-    (applied to torch here)."""
+    (applied to torch here), --seed (of the simulated validation data)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--accelerations", type=float, nargs="+", default=sorted(SETTINGS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=SEED,
+        help="of the validation data's coils and noise (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if any(a not in SETTINGS for a in args.accelerations):
         parser.error(f"--accelerations: choose from {sorted(SETTINGS)}")
@@ -95,12 +101,12 @@ def checkpoint_args(doc: str, argv: list[str] | None) -> tuple[argparse.Argument
     return parser, args
 
 
-def validation_data(acceleration: float) -> dict:
+def validation_data(acceleration: float, seed: int = SEED) -> dict:
     """``read`` of the axial validation slices as ``medmtl data mni`` writes them at this acceleration."""
     options = SimulationOptions(accelerations=(acceleration,), center_fractions=(SETTINGS[acceleration],))
     with tempfile.TemporaryDirectory() as tmp:
         (path,) = build_mni_dataset(
-            Path(tmp), splits=("val",), options=options, seed=SEED, show_progress=False
+            Path(tmp), splits=("val",), options=options, seed=seed, show_progress=False
         )
         return read(path)
 

@@ -1,7 +1,8 @@
 """What a joint recon+seg checkpoint's segmenter makes of other images than the one it reads.
 
-On the MNI validation slices (as ``recon_seg_eval.py``: same slices, seed, masks and Dice; one forward pass,
-as ``medmtl recon-seg --no-tta``), per acceleration, the checkpoint's own segmentation U-Net applied to:
+On the MNI validation slices (as ``recon_seg_eval.py``: same slices, masks and Dice, and the same seed unless
+``--seed`` draws other coils and noise; one forward pass, as ``medmtl recon-seg --no-tta``), per acceleration,
+the checkpoint's own segmentation U-Net applied to:
 
 - the final cascade's magnitude (``ReconSegNet(segment_refined=False)``);
 - the refined magnitude, after the refiner (``segment_refined=True``), for a network that has one;
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--checkpoint {args.checkpoint}: not a joint or sequential recon+seg network")
     print("| acceleration | the segmenter reads | Dice GM | Dice WM |\n|---|---|---|---|")
     for acceleration in args.accelerations:
-        data = validation_data(acceleration)
+        data = validation_data(acceleration, args.seed)
         for name, seg in probe(predictor, data).items():
             row = metrics(data["target"], data["target"], seg, data["labels"])
             print(f"| {acceleration:g}x | {name} | {row['dice_gm']:.3f} | {row['dice_wm']:.3f} |", flush=True)
