@@ -46,7 +46,7 @@ from medmtl.io.kspace import KSpaceFile
 from medmtl.metrics.recon import psnr, ssim
 from medmtl.metrics.seg import dice_hd95
 from medmtl.models.cg_sense import cg_sense
-from medmtl.models.data_consistency import ProximalDC
+from medmtl.models.data_consistency import set_proximal_steps
 from medmtl.transforms.coils import rss_image
 
 SETTINGS = {4.0: 0.08, 8.0: 0.04}
@@ -167,7 +167,7 @@ def evaluate(
     }
     if cg_iterations is not None:
         for predictor in predictors.values():
-            set_cg_iterations(predictor.model, cg_iterations)
+            set_proximal_steps(predictor.model, cg_iterations)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for acceleration in accelerations:
@@ -201,13 +201,6 @@ def evaluate(
                 rows.append(base | {"method": name} | metrics(recon, data["target"], seg, data["labels"]))
             print(table([r for r in rows if r["acceleration"] == acceleration]), flush=True)
     return rows
-
-
-def set_cg_iterations(model: torch.nn.Module, iterations: int) -> None:
-    """Let every proximal data-consistency step of ``model`` run ``iterations`` conjugate-gradient steps."""
-    for module in model.modules():
-        if isinstance(module, ProximalDC):
-            module.iterations = iterations
 
 
 @torch.inference_mode()

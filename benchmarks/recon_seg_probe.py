@@ -52,7 +52,7 @@ def probe(predictor: Predictor, data: dict) -> dict[str, np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     parser, args = checkpoint_args(__doc__, argv)
     predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=4)
-    if getattr(predictor.model, "mode", None) not in ("joint", "sequential"):
+    if not {"recon", "seg"} <= set(getattr(predictor.model, "tasks", ())):
         parser.error(f"--checkpoint {args.checkpoint}: not a joint or sequential recon+seg network")
     print("| acceleration | the segmenter reads | Dice GM | Dice WM |\n|---|---|---|---|")
     for acceleration in args.accelerations:

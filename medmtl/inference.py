@@ -474,13 +474,16 @@ class Predictor:
         views = ((None, None), (-3, -2), (-2, -1)) if self.tta else ((None, None),)
         for dim, out_dim in views:
             out = self.model(*(_mirror(x, dim) for x in (kspace, mask, acs)))
-            recon = _mirror(out.recon.float(), out_dim) if out.recon is not None else rss_image(kspace)
-            recon_sum = recon if recon_sum is None else recon_sum + recon
+            if out.recon is not None:
+                recon = _mirror(out.recon.float(), out_dim)
+                recon_sum = recon if recon_sum is None else recon_sum + recon
             if out.seg_logits is not None:
                 prob = _mirror(out.seg_logits.float().softmax(dim=1), out_dim)
                 prob_sum = prob if prob_sum is None else prob_sum + prob
         n = len(views)
-        return recon_sum / n, None if prob_sum is None else prob_sum / n
+        # a segmentation-only network: the zero-filled image, the same in every view
+        recon = rss_image(kspace) if recon_sum is None else recon_sum / n
+        return recon, None if prob_sum is None else prob_sum / n
 
 
 def _mirror(x: torch.Tensor, dim: int | None) -> torch.Tensor:

@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-_REFINED_MODES = ("joint", "sequential")
 # Record keys of the configuration a network was trained with, where a copy changed it.
 _TRAINED_KEYS = ("cg_iterations_trained", "segment_refined_trained")
 
@@ -92,7 +91,9 @@ def run_slim(args: argparse.Namespace) -> int:
         trained = _proximal_iterations(args.checkpoint, source)
         slim["medmtl"]["cg_iterations_trained"] = trained
     if args.segment_refined is not None:
-        if getattr(source, "refiner", None) is None or getattr(source, "mode", None) not in _REFINED_MODES:
+        # ReconSegNet's own condition: a refiner, and a mode that both reconstructs and segments
+        tasks = set(getattr(source, "tasks", ()))
+        if getattr(source, "refiner", None) is None or not {"recon", "seg"} <= tasks:
             raise InputError(
                 args.checkpoint, "holds no joint or sequential network with a refiner for --segment-refined"
             )

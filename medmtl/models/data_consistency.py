@@ -288,3 +288,10 @@ class ProximalDC(nn.Module):
 def proximal_steps(network: nn.Module) -> set[int]:
     """The conjugate-gradient step counts of the ``ProximalDC`` steps in ``network``; empty when it has none."""
     return {m.iterations for m in network.modules() if isinstance(m, ProximalDC)}
+
+
+def set_proximal_steps(network: nn.Module, iterations: int) -> None:
+    """Let every ``ProximalDC`` step in ``network`` run ``iterations`` conjugate-gradient steps."""
+    for module in network.modules():
+        if isinstance(module, ProximalDC):
+            module.iterations = iterations

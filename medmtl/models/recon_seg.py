@@ -182,7 +182,7 @@ class ReconSegNet(nn.Module):
         ):
             if value < 1:
                 raise ConfigError(name, f"must be at least 1, got {value}")
-        if segment_refined and (refine_chans < 1 or mode not in ("joint", "sequential")):
+        if segment_refined and (refine_chans < 1 or not {"recon", "seg"} <= set(_TASKS[mode])):
             raise ConfigError(
                 "segment_refined",
                 f"needs a refiner (refine_chans > 0, got {refine_chans}) and mode joint or sequential, got {mode!r}",
